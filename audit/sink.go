@@ -1,0 +1,82 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors callers inspect with errors.Is.
+var (
+	// ErrUnavailable means the event could not be recorded (spool full or
+	// failing, or in best-effort mode the buffer is full). In fail-closed
+	// mode the proxy answers 503 and does not forward.
+	ErrUnavailable = errors.New("audit: cannot record event")
+	// ErrClosed means the recorder was closed.
+	ErrClosed = errors.New("audit: closed")
+)
+
+// Recorder is the proxy's view of the audit pipeline.
+//
+// Implementations are safe for concurrent use.
+type Recorder interface {
+	// Record completes ev (ID, Instance, Seq, PrevHash, Hash; Schema and
+	// Time when zero) and records it according to the delivery mode:
+	// durable and fail-closed return only after the event is on the
+	// fsync'd spool (group commit), best-effort after it is queued in memory.
+	// The error wraps ErrUnavailable when the event could not be recorded;
+	// the event is then counted as lost and logged. ctx bounds the wait.
+	Record(ctx context.Context, ev *Event) error
+	// Accepting reports whether Record is currently expected to succeed.
+	// The proxy checks it before forwarding in fail-closed mode.
+	Accepting() bool
+}
+
+// Sink delivers events to their destination (a file, a Pulsar topic).
+//
+// Publish is called from a single goroutine, in Seq order, with batches
+// read from the spool. It returns nil only once the destination holds every
+// event of the batch durably (for Pulsar: acknowledged by the broker); on
+// error the whole batch is retried later, so a Sink must tolerate (or, like
+// Pulsar with de-duplication, suppress) re-delivery of events it already
+// stored. Publish must honour ctx cancellation.
+type Sink interface {
+	Publish(ctx context.Context, batch []*Event) error
+	// Status reports whether the destination is reachable right now.
+	Status() SinkStatus
+	// Close releases connections; pending Publish calls fail.
+	Close() error
+}
+
+// SinkStatus is reported on /readyz and in metrics.
+type SinkStatus struct {
+	// Live is true when the last contact with the destination succeeded.
+	Live bool
+	// Detail says what is wrong when not live.
+	Detail string
+}
+
+// Filter selects events for query, tail and verify. Zero fields match
+// everything.
+type Filter struct {
+	Since, Until time.Time
+	// User matches the subject or the email.
+	User     string
+	Route    string
+	Decision string
+}
+
+// Source reads events back in time order (query, tail, verify).
+//
+// Implementations are not required to be safe for concurrent use.
+type Source interface {
+	// Read calls fn for every stored event with Time in [f.Since, f.Until)
+	// (Until zero: up to the newest event now stored), in time order per
+	// instance, until fn returns false or an error. Filtering on User,
+	// Route and Decision is the caller's job (see Filter.Match).
+	Read(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error
+	// Follow is Read that does not stop at the newest event: it waits for
+	// new ones until ctx is cancelled (then returns nil).
+	Follow(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error
+	Close() error
+}
