@@ -1,0 +1,98 @@
+// Forwarding an admitted request to the origin, streaming both bodies.
+
+// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
+// still meet. Upgrade is kept only for WebSocket handshakes (see below).
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+];
+
+/** Identity headers the Worker sets from verified claims (SPEC §4). */
+export const IDENTITY_HEADERS = Object.freeze({
+  user: 'x-portcullis-user',
+  email: 'x-portcullis-email',
+  groups: 'x-portcullis-groups',
+});
+export const ASSERTION_HEADER = 'x-portcullis-assertion';
+
+/** Removes hop-by-hop headers, including those named in Connection. */
+export function stripHopByHop(headers, { keepWebSocketUpgrade = false } = {}) {
+  const listed = (headers.get('connection') ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter(Boolean);
+  const upgrade = headers.get('upgrade');
+  const isWebSocket = keepWebSocketUpgrade && upgrade !== null && upgrade.trim().toLowerCase() === 'websocket';
+  for (const name of [...HOP_BY_HOP, ...listed]) headers.delete(name);
+  if (isWebSocket) headers.set('upgrade', 'websocket');
+}
+
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Checks that a claim string can travel as a header value. The runtime sends
+ * header strings as UTF-8 (what Portcullis itself sends); control characters
+ * (CR, LF, NUL, ...) cannot be carried and throw.
+ */
+export function headerValue(text) {
+  if (CONTROL.test(text)) throw new TypeError('control character in header value');
+  return text;
+}
+
+/** Joins ORIGIN_URL's path prefix and the request path. */
+export function joinPath(prefix, path) {
+  const p = prefix.replace(/\/+$/, '');
+  return p + (path.startsWith('/') ? path : `/${path}`);
+}
+
+/**
+ * Builds the request for the origin: same method, path (below ORIGIN_URL's
+ * path), query, headers and streamed body; hop-by-hop headers and Host are
+ * dropped; every X-Portcullis-* header except the assertion is removed and
+ * X-Portcullis-User/Email/Groups are set from the verified claims, so the
+ * origin can trust them; X-Request-Id is set to requestId.
+ */
+export function buildOriginRequest(request, { originURL, claims, requestId }) {
+  const incoming = new URL(request.url);
+  const target = new URL(originURL ?? incoming.origin);
+  target.pathname = joinPath(originURL ? target.pathname : '', incoming.pathname);
+  target.search = incoming.search;
+
+  const headers = new Headers(request.headers);
+  stripHopByHop(headers, { keepWebSocketUpgrade: true });
+  headers.delete('host');
+  const names = [...headers.keys()];
+  for (const name of names) {
+    if (name.startsWith('x-portcullis-') && name !== ASSERTION_HEADER) headers.delete(name);
+  }
+  headers.set(IDENTITY_HEADERS.user, headerValue(claims.sub));
+  if (claims.email !== undefined) headers.set(IDENTITY_HEADERS.email, headerValue(claims.email));
+  if (claims.groups.length > 0) headers.set(IDENTITY_HEADERS.groups, headerValue(claims.groups.join(',')));
+  headers.set('x-request-id', requestId);
+
+  const init = { method: request.method, headers, redirect: 'manual' };
+  if (request.method !== 'GET' && request.method !== 'HEAD' && request.body !== null) {
+    init.body = request.body;
+  }
+  return new Request(target.href, init);
+}
+
+/**
+ * Re-wraps the origin's response for the client without reading its body:
+ * hop-by-hop headers are removed and X-Request-Id is added when the origin
+ * did not set one. A WebSocket handshake (101) is returned untouched.
+ */
+export function buildClientResponse(resp, requestId) {
+  if (resp.status === 101) return resp;
+  const headers = new Headers(resp.headers);
+  stripHopByHop(headers);
+  if (!headers.has('x-request-id')) headers.set('x-request-id', requestId);
+  return new Response(resp.body, { status: resp.status, statusText: resp.statusText, headers });
+}
