@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"regexp"
@@ -13,11 +14,13 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}`)
 
-// ExpandEnv replaces ${NAME} with lookup(NAME). Unset variables are reported
-// as problems at path (an empty secret is far more often a mistake than an
-// intention) and expand to the empty string. "$${" escapes a literal "${".
+// ExpandEnv replaces ${NAME} with lookup(NAME), and ${NAME:-default} with
+// default when NAME is unset or empty. An unset variable without a default
+// is reported as a problem at path (an empty secret is far more often a
+// mistake than an intention) and expands to the empty string. "$${" escapes
+// a literal "${".
 func ExpandEnv(p *Problems, path, s string, lookup func(string) (string, bool)) string {
 	if !strings.Contains(s, "${") {
 		return s
@@ -25,10 +28,17 @@ func ExpandEnv(p *Problems, path, s string, lookup func(string) (string, bool)) 
 	const esc = "\x00dollar\x00"
 	s = strings.ReplaceAll(s, "$${", esc)
 	s = envRef.ReplaceAllStringFunc(s, func(m string) string {
-		name := m[2 : len(m)-1]
+		sub := envRef.FindStringSubmatch(m)
+		name, def := sub[1], sub[2]
 		v, ok := lookup(name)
+		if def != "" {
+			if !ok || v == "" {
+				return def[2:]
+			}
+			return v
+		}
 		if !ok {
-			p.Add(path, "environment variable %s is not set", name)
+			p.Add(path, "environment variable %s is not set (set it, or write ${%s:-default})", name, name)
 		}
 		return v
 	})
@@ -47,7 +57,7 @@ func DecodeStrict(data []byte, out any, p *Problems, lookup func(string) (string
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, errEOF(err)) {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		return fmt.Errorf("config: not valid YAML: %w", err)
@@ -59,13 +69,6 @@ func DecodeStrict(data []byte, out any, p *Problems, lookup func(string) (string
 	expandNodes(p, "", root, lookup)
 	walk(p, "", root, reflect.ValueOf(out).Elem())
 	return nil
-}
-
-func errEOF(err error) error {
-	if err != nil && err.Error() == "EOF" {
-		return err
-	}
-	return errors.New("not EOF")
 }
 
 func expandNodes(p *Problems, path string, n *yaml.Node, lookup func(string) (string, bool)) {
