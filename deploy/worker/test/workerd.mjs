@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -81,40 +82,47 @@ ${bindingLines.join('\n')}
 `;
 }
 
-function waitForPort(port, child, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    let exited = false;
-    const onExit = (code, signal) => {
-      exited = true;
-      reject(new Error(`workerd exited before listening (code ${code}, signal ${signal})`));
-    };
-    child.once('exit', onExit);
-    const attempt = () => {
-      if (exited) return;
-      const sock = net.connect({ host: '127.0.0.1', port });
-      sock.once('connect', () => {
-        sock.destroy();
-        child.off('exit', onExit);
-        resolve();
-      });
-      sock.once('error', () => {
-        sock.destroy();
-        if (Date.now() > deadline) {
-          child.off('exit', onExit);
-          reject(new Error(`workerd did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`));
-          return;
-        }
-        setTimeout(attempt, 50);
-      });
-    };
-    attempt();
+/** The path the readiness probe requests (answered 401 by the Worker). */
+export const PROBE_PATH = '/__portcullis_worker_probe';
+
+function probe(port) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: PROBE_PATH, agent: false, timeout: 2000 }, (res) => {
+      res.resume();
+      // Our Worker answers every request with X-Request-Id; anything else on
+      // this port is not us.
+      res.on('end', () => resolve(Boolean(res.headers['x-request-id'])));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
   });
+}
+
+async function waitUntilServing(port, child, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let exitInfo = null;
+  const onExit = (code, signal) => {
+    exitInfo = { code, signal };
+  };
+  child.once('exit', onExit);
+  try {
+    for (;;) {
+      if (exitInfo) throw new Error(`workerd exited before serving (code ${exitInfo.code}, signal ${exitInfo.signal})`);
+      if (await probe(port)) return;
+      if (Date.now() > deadline) throw new Error(`workerd did not serve on 127.0.0.1:${port} within ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  } finally {
+    child.off('exit', onExit);
+  }
 }
 
 /**
  * Starts workerd serving the Worker on 127.0.0.1:port (a free port if
- * omitted). Resolves once the socket accepts connections.
+ * omitted). Resolves once the Worker answers a probe request (GET
+ * PROBE_PATH without an assertion, so it is a 401 and, with PULSAR_REST_URL
+ * set, an edge event); rejects with workerd's output if it exits or does not
+ * serve within startTimeoutMs. `exited` resolves with workerd's exit code.
  *
  * @param {{port?: number, bindings: Record<string,string|undefined>,
  *          originService?: string, onOutput?: (line: string) => void,
@@ -156,7 +164,7 @@ export async function startWorkerd({ port, bindings, originService, onOutput, st
   };
 
   try {
-    await waitForPort(listenPort, child, startTimeoutMs);
+    await waitUntilServing(listenPort, child, startTimeoutMs);
   } catch (err) {
     await stop();
     throw new Error(`${err.message}\n--- workerd output ---\n${output}`);
