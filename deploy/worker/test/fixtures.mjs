@@ -1,8 +1,13 @@
 // Test fixtures: ES256 keys and tokens, a JWKS server, an origin server and a
 // fake Pulsar REST produce endpoint, all on 127.0.0.1 with kernel-chosen ports.
 
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
 
 export function b64url(input) {
   return Buffer.from(input).toString('base64url');
@@ -75,10 +80,35 @@ function close(server) {
   });
 }
 
-/** Serves {keys: [...]} at /jwks.json and counts fetches. */
-export async function startJwksServer(initialKeys) {
+/**
+ * A self-signed certificate for 127.0.0.1 (made with the openssl CLI), for
+ * HTTPS test servers: {key, cert} in PEM.
+ */
+export async function selfSignedCert() {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'portcullis-cert-'));
+  try {
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem'),
+      '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+      '-addext', 'basicConstraints=critical,CA:TRUE',
+    ], { stdio: 'pipe' });
+    return {
+      key: await readFile(path.join(dir, 'key.pem'), 'utf8'),
+      cert: await readFile(path.join(dir, 'cert.pem'), 'utf8'),
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Serves {keys: [...]} at /jwks.json and counts fetches; over HTTPS when
+ * tls ({key, cert}) is given.
+ */
+export async function startJwksServer(initialKeys, { tls } = {}) {
   const state = { keys: [...initialKeys], fetches: 0, status: 200 };
-  const server = http.createServer((req, res) => {
+  const handler = (req, res) => {
     if (req.url !== '/jwks.json') {
       res.writeHead(404).end();
       return;
@@ -86,9 +116,10 @@ export async function startJwksServer(initialKeys) {
     state.fetches++;
     res.writeHead(state.status, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ keys: state.keys.map((k) => k.jwk) }));
-  });
+  };
+  const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
   const port = await listen(server);
-  return { state, url: `http://127.0.0.1:${port}/jwks.json`, close: () => close(server) };
+  return { state, url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}/jwks.json`, close: () => close(server) };
 }
 
 /** Deterministic pseudo-random bytes: block i of a stream seeded by `seed`. */
@@ -127,6 +158,29 @@ export async function startOrigin() {
       req.on('end', () => {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(JSON.stringify({ bytes: n, sha256: h.digest('hex') }));
+      });
+      return;
+    }
+    if (u.pathname.endsWith('/trickle-down')) {
+      // First chunk now, the rest only once the test calls state.release().
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first;');
+      new Promise((resolve) => {
+        state.release = resolve;
+      }).then(() => res.end('second'));
+      return;
+    }
+    if (u.pathname.endsWith('/trickle-up')) {
+      // Reports the first body bytes as soon as they arrive.
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (c) => {
+        if (body === '') state.onFirstUpload?.(c);
+        body += c;
+      });
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(body);
       });
       return;
     }

@@ -5,7 +5,10 @@
 //   node deploy/worker/test/run-workerd.mjs --port P --origin http://127.0.0.1:X \
 //        --jwks URL --issuer I [--audience A] [--refresh-interval 30s]
 //        [--pulsar-rest-url U] [--pulsar-topic T] [--pulsar-token TOKEN]
-//        [--stdin-lifeline]
+//        [--ca-file PEM]... [--stdin-lifeline]
+//
+// --ca-file adds a CA certificate (PEM file) that workerd trusts for outbound
+// HTTPS, e.g. Portcullis's self-signed certificate when --jwks is https.
 //
 // Prints the line "ready" on stdout once 127.0.0.1:P accepts connections;
 // workerd's own output (one JSON log line per event) goes to stderr. Exits on
@@ -14,6 +17,7 @@
 // workerd running: callers that may be killed hard pass --stdin-lifeline and
 // keep a pipe to our stdin open; when it closes (the caller died) we stop.
 
+import { readFile } from 'node:fs/promises';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 
@@ -21,7 +25,7 @@ import { startWorkerd } from './workerd.mjs';
 
 const usage = `usage: run-workerd.mjs --port P --origin URL --jwks URL --issuer ISS [--audience AUD]
        [--refresh-interval DUR] [--pulsar-rest-url URL] [--pulsar-topic TOPIC] [--pulsar-token TOKEN]
-       [--stdin-lifeline]`;
+       [--ca-file PEM]... [--stdin-lifeline]`;
 
 let opts;
 try {
@@ -37,6 +41,7 @@ try {
       'pulsar-topic': { type: 'string' },
       'pulsar-token': { type: 'string' },
       'stdin-lifeline': { type: 'boolean' },
+      'ca-file': { type: 'string', multiple: true },
       help: { type: 'boolean' },
     },
     strict: true,
@@ -58,7 +63,9 @@ if (missing.length > 0 || !Number.isInteger(port) || port <= 0 || port > 65535) 
 
 let worker;
 try {
+  const trustedCertificates = await Promise.all((opts['ca-file'] ?? []).map((f) => readFile(f, 'utf8')));
   worker = await startWorkerd({
+    trustedCertificates,
     port,
     bindings: {
       JWKS_URL: opts.jwks,

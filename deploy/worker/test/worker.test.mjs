@@ -10,6 +10,7 @@ import {
   claimsFor,
   newES256Key,
   patternBlock,
+  selfSignedCert,
   signJWT,
   startFakePulsar,
   startJwksServer,
@@ -306,6 +307,45 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
     await sleep(REFRESH_MS + 100);
   });
 
+  it('streams without buffering: the first chunk passes before the last is sent', async () => {
+    const signal = AbortSignal.timeout(10_000);
+    // Download: the origin holds back its end until we have read its start.
+    const down = await fetch(`${worker.url}/s/trickle-down`, { headers: { 'x-portcullis-assertion': good() }, signal });
+    const reader = down.body.getReader();
+    const first = await reader.read();
+    assert.equal(Buffer.from(first.value).toString(), 'first;', 'first download chunk');
+    origin.state.release();
+    let rest = '';
+    for (let r = await reader.read(); !r.done; r = await reader.read()) rest += Buffer.from(r.value).toString();
+    assert.equal(rest, 'second');
+
+    // Upload: we hold back the end of the body until the origin has its start.
+    const originGotFirst = new Promise((resolve) => {
+      origin.state.onFirstUpload = resolve;
+    });
+    let sentFirst = false;
+    const body = new ReadableStream({
+      async pull(controller) {
+        if (!sentFirst) {
+          sentFirst = true;
+          controller.enqueue(new TextEncoder().encode('up-first;'));
+          return;
+        }
+        await originGotFirst;
+        controller.enqueue(new TextEncoder().encode('up-second'));
+        controller.close();
+      },
+    });
+    const up = await fetch(`${worker.url}/s/trickle-up`, {
+      method: 'POST',
+      headers: { 'x-portcullis-assertion': good() },
+      body,
+      duplex: 'half',
+      signal,
+    });
+    assert.equal(await up.text(), 'up-first;up-second');
+  });
+
   it('streams a 50 MB upload to the origin intact', async () => {
     const total = 50 * 1024 * 1024;
     const block = 256 * 1024;
@@ -433,6 +473,34 @@ describe('worker (failure modes)', () => {
     } finally {
       await misconfigured.stop();
       await noJwks.stop();
+      await jwks.close();
+      await origin.close();
+    }
+  });
+
+  it('fetches an HTTPS JWKS only from a trusted certificate', async () => {
+    const tls = await selfSignedCert();
+    const key = newES256Key();
+    const jwks = await startJwksServer([key], { tls });
+    const origin = await startOrigin();
+    const bindings = { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url };
+    const trusting = await startWorkerd({ bindings, trustedCertificates: [tls.cert] });
+    const untrusting = await startWorkerd({ bindings });
+    try {
+      const cases = [
+        { name: 'CA trusted', worker: trusting, want: 200 },
+        { name: 'CA not trusted', worker: untrusting, want: 401 },
+      ];
+      for (const tc of cases) {
+        const token = signJWT(claimsFor({ issuer: ISSUER, audience: tc.worker.url }), { key });
+        const r = await fetch(`${tc.worker.url}/x`, { headers: { 'x-portcullis-assertion': token } });
+        const body = await r.text();
+        assert.equal(r.status, tc.want, `${tc.name}: got ${r.status} ${body}, want ${tc.want}`);
+      }
+      assert.match(untrusting.output(), /jwks fetch failed/);
+    } finally {
+      await trusting.stop();
+      await untrusting.stop();
       await jwks.close();
       await origin.close();
     }

@@ -43,15 +43,19 @@ function capnpString(s) {
 
 /**
  * Renders config.capnp. bindings: {NAME: string} text bindings;
- * originService: "127.0.0.1:PORT" binds an external HTTP service as ORIGIN.
+ * originService: "127.0.0.1:PORT" binds an external HTTP service as ORIGIN;
+ * trustedCertificates: extra CA certificates (PEM) for outbound HTTPS, e.g.
+ * Portcullis's self-signed certificate serving the JWKS.
  */
-export function renderConfig({ port, modules, bindings, originService }) {
+export function renderConfig({ port, modules, bindings, originService, trustedCertificates = [] }) {
   const bindingLines = Object.entries(bindings)
     .filter(([, v]) => v !== undefined && v !== null)
     .map(([k, v]) => `    (name = ${capnpString(k)}, text = ${capnpString(v)}),`);
   const services = [
     '    (name = "main", worker = .worker),',
-    '    (name = "internet", network = (allow = ["public", "private", "local"], tlsOptions = (trustBrowserCas = true))),',
+    `    (name = "internet", network = (allow = ["public", "private", "local"], tlsOptions = (trustBrowserCas = true${
+      trustedCertificates.length ? `, trustedCertificates = [${trustedCertificates.map(capnpString).join(', ')}]` : ''
+    }))),`,
   ];
   if (originService) {
     services.push(`    (name = "origin", external = (address = ${capnpString(originService)}, http = ())),`);
@@ -125,18 +129,19 @@ async function waitUntilServing(port, child, timeoutMs) {
  * serve within startTimeoutMs. `exited` resolves with workerd's exit code.
  *
  * @param {{port?: number, bindings: Record<string,string|undefined>,
- *          originService?: string, onOutput?: (line: string) => void,
+ *          originService?: string, trustedCertificates?: string[],
+ *          onOutput?: (line: string) => void,
  *          startTimeoutMs?: number}} opts
  * @returns {Promise<{url: string, port: number, output: () => string, stop: () => Promise<void>}>}
  */
-export async function startWorkerd({ port, bindings, originService, onOutput, startTimeoutMs = 30_000 }) {
+export async function startWorkerd({ port, bindings, originService, trustedCertificates, onOutput, startTimeoutMs = 30_000 }) {
   const listenPort = port ?? (await freePort());
   const dir = await mkdtemp(path.join(os.tmpdir(), 'portcullis-workerd-'));
   await cp(SRC_DIR, path.join(dir, 'src'), { recursive: true });
   const modules = (await readdir(SRC_DIR)).filter((f) => f.endsWith('.js')).sort();
   // index.js first: workerd treats the first module as the main module.
   modules.sort((a, b) => (a === 'index.js' ? -1 : b === 'index.js' ? 1 : 0));
-  await writeFile(path.join(dir, 'config.capnp'), renderConfig({ port: listenPort, modules, bindings, originService }));
+  await writeFile(path.join(dir, 'config.capnp'), renderConfig({ port: listenPort, modules, bindings, originService, trustedCertificates }));
 
   const child = spawn(workerdBinary(), ['serve', 'config.capnp'], {
     cwd: dir,
