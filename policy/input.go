@@ -1,0 +1,230 @@
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// Input is the document a route's policy sees as `input` (SPEC §5). Its JSON
+// form is exactly the one policies are written against; `portcullis policy
+// eval` prints it.
+type Input struct {
+	Request RequestInput `json:"request"`
+	User    UserInput    `json:"user"`
+	Route   RouteInput   `json:"route"`
+}
+
+// RequestInput describes the HTTP request being decided.
+type RequestInput struct {
+	// ID is the request id (X-Request-Id).
+	ID     string `json:"id"`
+	Method string `json:"method"`
+	// Scheme is "https" or "http".
+	Scheme string `json:"scheme"`
+	// Host is the request host without port.
+	Host string `json:"host"`
+	// Path is the normalized path, the one the upstream receives.
+	Path string `json:"path"`
+	// Query holds the decoded query parameters; nil renders as {}.
+	Query map[string][]string `json:"query"`
+	// Headers holds the request headers with lower-case names. The proxy
+	// removes cookie and authorization before building the input; nil
+	// renders as {}.
+	Headers map[string][]string `json:"headers"`
+	// RemoteAddr is the client IP address (no port), after trusted-proxy
+	// handling.
+	RemoteAddr string `json:"remote_addr"`
+	// Time is when the request arrived; it renders as RFC 3339 in UTC
+	// (time.RFC3339Nano), which time.parse_rfc3339_ns reads.
+	Time time.Time `json:"-"`
+}
+
+// UserInput describes who is asking. For an anonymous request on a public
+// route Authenticated is false and the other fields are empty.
+type UserInput struct {
+	Authenticated bool     `json:"authenticated"`
+	Sub           string   `json:"sub"`
+	Email         string   `json:"email"`
+	EmailVerified bool     `json:"email_verified"`
+	Groups        []string `json:"groups"`
+	Issuer        string   `json:"issuer"`
+	Provider      string   `json:"provider"`
+	// AuthMethod is "session" or "bearer" (empty when not authenticated).
+	AuthMethod string `json:"auth_method"`
+	// Claims holds the ID token's or bearer JWT's claims as decoded from
+	// JSON (map[string]any, []any, string, float64 or json.Number, bool,
+	// nil); nil renders as {}.
+	Claims map[string]any `json:"claims"`
+}
+
+// RouteInput describes the route the request matched.
+type RouteInput struct {
+	Name     string `json:"name"`
+	Host     string `json:"host"`
+	Path     string `json:"path"`
+	Upstream string `json:"upstream"`
+}
+
+// FormatTime renders t the way input.request.time carries it.
+func FormatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+type requestJSON struct {
+	ID         string              `json:"id"`
+	Method     string              `json:"method"`
+	Scheme     string              `json:"scheme"`
+	Host       string              `json:"host"`
+	Path       string              `json:"path"`
+	Query      map[string][]string `json:"query"`
+	Headers    map[string][]string `json:"headers"`
+	RemoteAddr string              `json:"remote_addr"`
+	Time       string              `json:"time"`
+}
+
+// MarshalJSON renders the request with time in RFC 3339 and empty maps as {}.
+func (r RequestInput) MarshalJSON() ([]byte, error) {
+	return json.Marshal(requestJSON{
+		ID: r.ID, Method: r.Method, Scheme: r.Scheme, Host: r.Host, Path: r.Path,
+		Query: nonNilMap(r.Query), Headers: nonNilMap(r.Headers),
+		RemoteAddr: r.RemoteAddr, Time: FormatTime(r.Time),
+	})
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes.
+func (r *RequestInput) UnmarshalJSON(b []byte) error {
+	var j requestJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = RequestInput{ID: j.ID, Method: j.Method, Scheme: j.Scheme, Host: j.Host, Path: j.Path,
+		Query: j.Query, Headers: j.Headers, RemoteAddr: j.RemoteAddr}
+	if j.Time != "" {
+		t, err := time.Parse(time.RFC3339Nano, j.Time)
+		if err != nil {
+			return fmt.Errorf("policy: request.time: %w", err)
+		}
+		r.Time = t
+	}
+	return nil
+}
+
+type userJSON UserInput
+
+// MarshalJSON renders the user with groups as [] and claims as {} when empty.
+func (u UserInput) MarshalJSON() ([]byte, error) {
+	j := userJSON(u)
+	if j.Groups == nil {
+		j.Groups = []string{}
+	}
+	if j.Claims == nil {
+		j.Claims = map[string]any{}
+	}
+	return json.Marshal(j)
+}
+
+func nonNilMap(m map[string][]string) map[string][]string {
+	if m == nil {
+		return map[string][]string{}
+	}
+	return m
+}
+
+// inputKeys holds the object keys of the input document as terms, built once
+// per Set so that converting an Input allocates only for its values.
+type inputKeys struct {
+	request, user, route                                               *ast.Term
+	id, method, scheme, host, path, query, headers, remoteAddr, time   *ast.Term
+	authenticated, sub, email, emailVerified, groups, issuer, provider *ast.Term
+	authMethod, claims, name, upstream                                 *ast.Term
+	ruleAllow, ruleReason, ruleStatus, ruleHeaders                     *ast.Term
+}
+
+func newInputKeys() *inputKeys {
+	s := ast.StringTerm
+	return &inputKeys{
+		request: s("request"), user: s("user"), route: s("route"),
+		id: s("id"), method: s("method"), scheme: s("scheme"), host: s("host"), path: s("path"),
+		query: s("query"), headers: s("headers"), remoteAddr: s("remote_addr"), time: s("time"),
+		authenticated: s("authenticated"), sub: s("sub"), email: s("email"),
+		emailVerified: s("email_verified"), groups: s("groups"), issuer: s("issuer"),
+		provider: s("provider"), authMethod: s("auth_method"), claims: s("claims"),
+		name: s("name"), upstream: s("upstream"),
+		ruleAllow: s(ruleAllow), ruleReason: s(ruleReason), ruleStatus: s(ruleStatus), ruleHeaders: s(ruleHeaders),
+	}
+}
+
+// value converts in to an ast.Value directly, without a JSON round trip. It
+// produces the same document as json.Marshal(in) would, which the tests
+// check.
+func (k *inputKeys) value(in *Input) (ast.Value, error) {
+	r, u, rt := &in.Request, &in.User, &in.Route
+	claims := ast.InternedEmptyObject
+	if len(u.Claims) > 0 {
+		v, err := ast.InterfaceToValue(u.Claims)
+		if err != nil {
+			return nil, fmt.Errorf("policy: user.claims: %w", err)
+		}
+		claims = ast.NewTerm(v)
+	}
+	groups := make([]*ast.Term, len(u.Groups))
+	for i, g := range u.Groups {
+		groups[i] = ast.StringTerm(g)
+	}
+	req := ast.NewObject(
+		ast.Item(k.id, str(r.ID)),
+		ast.Item(k.method, str(r.Method)),
+		ast.Item(k.scheme, str(r.Scheme)),
+		ast.Item(k.host, str(r.Host)),
+		ast.Item(k.path, str(r.Path)),
+		ast.Item(k.query, multiMap(r.Query)),
+		ast.Item(k.headers, multiMap(r.Headers)),
+		ast.Item(k.remoteAddr, str(r.RemoteAddr)),
+		ast.Item(k.time, ast.StringTerm(FormatTime(r.Time))),
+	)
+	user := ast.NewObject(
+		ast.Item(k.authenticated, ast.InternedTerm(u.Authenticated)),
+		ast.Item(k.sub, str(u.Sub)),
+		ast.Item(k.email, str(u.Email)),
+		ast.Item(k.emailVerified, ast.InternedTerm(u.EmailVerified)),
+		ast.Item(k.groups, ast.ArrayTerm(groups...)),
+		ast.Item(k.issuer, str(u.Issuer)),
+		ast.Item(k.provider, str(u.Provider)),
+		ast.Item(k.authMethod, str(u.AuthMethod)),
+		ast.Item(k.claims, claims),
+	)
+	route := ast.NewObject(
+		ast.Item(k.name, str(rt.Name)),
+		ast.Item(k.host, str(rt.Host)),
+		ast.Item(k.path, str(rt.Path)),
+		ast.Item(k.upstream, str(rt.Upstream)),
+	)
+	return ast.NewObject(
+		ast.Item(k.request, ast.NewTerm(req)),
+		ast.Item(k.user, ast.NewTerm(user)),
+		ast.Item(k.route, ast.NewTerm(route)),
+	), nil
+}
+
+func str(s string) *ast.Term {
+	if s == "" {
+		return ast.InternedEmptyString
+	}
+	return ast.StringTerm(s)
+}
+
+func multiMap(m map[string][]string) *ast.Term {
+	if len(m) == 0 {
+		return ast.InternedEmptyObject
+	}
+	obj := ast.NewObjectWithCapacity(len(m))
+	for k, vs := range m {
+		terms := make([]*ast.Term, len(vs))
+		for i, v := range vs {
+			terms[i] = ast.StringTerm(v)
+		}
+		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+	}
+	return ast.NewTerm(obj)
+}
