@@ -36,13 +36,21 @@ export function stripHopByHop(headers, { keepWebSocketUpgrade = false } = {}) {
 
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
+/** A verified claim that cannot be carried in a header (control characters). */
+export class HeaderValueError extends Error {
+  constructor(message) {
+    super(`worker: ${message}`);
+    this.name = 'HeaderValueError';
+  }
+}
+
 /**
  * Checks that a claim string can travel as a header value. The runtime sends
  * header strings as UTF-8 (what Portcullis itself sends); control characters
- * (CR, LF, NUL, ...) cannot be carried and throw.
+ * (CR, LF, NUL, ...) cannot be carried and throw HeaderValueError.
  */
 export function headerValue(text) {
-  if (CONTROL.test(text)) throw new TypeError('control character in header value');
+  if (CONTROL.test(text)) throw new HeaderValueError('control character in header value');
   return text;
 }
 

@@ -7,7 +7,7 @@
 
 import { ConfigError, normalizeOrigin, parseConfig } from './config.js';
 import { EdgePublisher } from './edge.js';
-import { ASSERTION_HEADER, buildClientResponse, buildOriginRequest } from './forward.js';
+import { ASSERTION_HEADER, buildClientResponse, buildOriginRequest, HeaderValueError } from './forward.js';
 import { AssertionError, JwksCache, verifyAssertion } from './verify.js';
 
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
@@ -98,6 +98,7 @@ export function createWorker(deps = {}) {
     try {
       originRequest = buildOriginRequest(request, { originURL: cfg.originURL?.href, claims, requestId: state.requestId });
     } catch (err) {
+      if (!(err instanceof HeaderValueError)) throw err;
       state.verdict = 'unauthorized';
       state.reason = 'claims not representable as headers';
       return jsonResponse(401, { error: 'unauthorized', reason: state.reason }, state.requestId);
