@@ -48,6 +48,20 @@ type Sink interface {
 	Close() error
 }
 
+// EncodedSink is a Sink that publishes the spool's encoded events as they
+// are, without decoding them into Events and encoding them again. The
+// pipeline's shipper uses PublishEncoded when the sink implements it, and
+// Publish otherwise; both FileSink and PulsarSink should implement it.
+//
+// PublishEncoded has Publish's contract: one goroutine, batches in Seq
+// order, nil only once every event is durably stored, the whole batch
+// retried after an error, ctx honoured. batch[i].Data is the exact JSON to
+// store or send (the message payload); it must not be modified.
+type EncodedSink interface {
+	Sink
+	PublishEncoded(ctx context.Context, batch []Encoded) error
+}
+
 // SinkStatus is reported on /readyz and in metrics.
 type SinkStatus struct {
 	// Live is true when the last contact with the destination succeeded.

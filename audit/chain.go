@@ -1,0 +1,274 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// The hash chain.
+//
+// Every event carries its instance's Seq (1, 2, 3, ... without gaps) and
+// PrevHash, the Hash of the instance's previous event. Hash is
+//
+//	"sha256:" + hex(SHA-256(canonical JSON of the event with Hash = ""))
+//
+// where the canonical JSON is what Go's encoding/json writes for Event:
+// compact, fields in the declared order, every field present (Groups is []
+// when empty), Time in UTC with RFC 3339 nanosecond formatting (Record
+// truncates it to microseconds), and encoding/json's string escaping
+// (including \u003c, \u003e, \u0026). An event read back from any sink and
+// decoded into Event re-encodes to the same bytes, so a verifier recomputes
+// the hash from the decoded event (see ComputeHash and Verifier).
+//
+// Removing, altering, reordering or inserting an event breaks either a
+// Hash, a PrevHash link or the Seq sequence; only an attacker who rewrites
+// every later event of the instance (and its local chain state) goes
+// unnoticed, which is why events leave the host quickly.
+
+// HashPrefix starts every Hash and PrevHash.
+const HashPrefix = "sha256:"
+
+// hashLen is len(HashPrefix) + 64 hex digits.
+const hashLen = len(HashPrefix) + 2*sha256.Size
+
+// emptyHashField is how the canonical JSON holds the empty Hash. Inside a
+// JSON string a quote is always escaped, so the first occurrence of this
+// byte sequence is the hash field itself.
+var emptyHashField = []byte(`,"hash":"",`)
+
+// ComputeHash returns the Hash ev should carry: the SHA-256 of its
+// canonical JSON with Hash = "" (ev is not modified).
+func ComputeHash(ev *Event) (string, error) {
+	cp := *ev
+	cp.Hash = ""
+	b, err := json.Marshal(&cp)
+	if err != nil {
+		return "", fmt.Errorf("audit: encode event: %w", err)
+	}
+	return hashOf(b), nil
+}
+
+func hashOf(canonical []byte) string {
+	sum := sha256.Sum256(canonical)
+	var out [hashLen]byte
+	copy(out[:], HashPrefix)
+	hex.Encode(out[len(HashPrefix):], sum[:])
+	return string(out[:])
+}
+
+// Encoded is one recorded event in the form the spool stores and sinks
+// publish: the event's JSON (canonical encoding with its Hash filled in,
+// one line, no trailing newline) plus the fields a sink needs for routing,
+// so that a sink never decodes or re-encodes the event.
+//
+// Data is shared and must not be modified; it stays valid after Publish
+// returns (the shipper allocates new buffers for every batch).
+type Encoded struct {
+	// Seq is the event's per-instance sequence number.
+	Seq uint64
+	// ID is the event's ULID.
+	ID string
+	// Time is the event time (Event.Time).
+	Time time.Time
+	// Key is Event.Key(): the subject, or "anonymous".
+	Key string
+	// Data is the event's JSON; json.Unmarshal(Data, &ev) yields the event.
+	Data []byte
+}
+
+// Decode parses Data into an Event.
+func (e *Encoded) Decode() (*Event, error) {
+	var ev Event
+	if err := json.Unmarshal(e.Data, &ev); err != nil {
+		return nil, fmt.Errorf("audit: decode event seq %d: %w", e.Seq, err)
+	}
+	return &ev, nil
+}
+
+// seal computes ev.Hash from its canonical JSON and returns the event's
+// encoding with that hash in place, marshalling the event only once.
+func seal(ev *Event) ([]byte, error) {
+	ev.Hash = ""
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode event: %w", err)
+	}
+	i := bytes.Index(b, emptyHashField)
+	if i < 0 {
+		return nil, errors.New("audit: encode event: no hash field in the encoding")
+	}
+	h := hashOf(b)
+	ev.Hash = h
+	at := i + len(`,"hash":"`)
+	out := make([]byte, 0, len(b)+len(h))
+	out = append(out, b[:at]...)
+	out = append(out, h...)
+	out = append(out, b[at:]...)
+	return out, nil
+}
+
+// normalize prepares a caller's event for sealing: schema, UTC time at
+// microsecond precision, and [] rather than null for groups.
+func normalize(ev *Event, now time.Time) {
+	ev.Schema = SchemaVersion
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	ev.Time = ev.Time.UTC().Truncate(time.Microsecond)
+	if ev.User.Groups == nil {
+		ev.User.Groups = []string{}
+	}
+}
+
+// ChainState is where an instance's chain stands: the Seq and Hash of its
+// last recorded event (zero values before the first event).
+type ChainState struct {
+	Instance string `json:"instance"`
+	Seq      uint64 `json:"seq"`
+	Hash     string `json:"hash"`
+}
+
+// chainStateFile is the name, under the data directory, of the persisted
+// ChainState.
+const chainStateFile = "audit-chain.json"
+
+// loadChainState reads the persisted state of instance from dataDir. A
+// missing file, or one for another instance, yields a fresh chain.
+func loadChainState(dataDir, instance string) (ChainState, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, chainStateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ChainState{Instance: instance}, nil
+	}
+	if err != nil {
+		return ChainState{}, fmt.Errorf("audit: chain state: %w", err)
+	}
+	var st ChainState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return ChainState{}, fmt.Errorf("audit: chain state %s is corrupt (remove it only if the spool holds the chain): %w", filepath.Join(dataDir, chainStateFile), err)
+	}
+	if st.Instance != instance {
+		return ChainState{Instance: instance}, nil
+	}
+	return st, nil
+}
+
+// saveChainState writes st atomically (temporary file, fsync, rename).
+func saveChainState(dataDir string, st ChainState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("audit: chain state: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(dataDir, chainStateFile), append(b, '\n'))
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("audit: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("audit: sync %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("audit: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("audit: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// instanceFile is the name, under the data directory, of the generated
+// instance id.
+const instanceFile = "instance"
+
+// InstanceID returns the instance id for cfg: cfg.Instance when set,
+// otherwise the id kept in <dataDir>/instance, generating and storing
+// "portcullis-<8 hex>" the first time. Every caller with the same data
+// directory gets the same id.
+func InstanceID(cfg Config, dataDir string) (string, error) {
+	if cfg.Instance != "" {
+		return cfg.Instance, nil
+	}
+	if dataDir == "" {
+		dataDir = cfg.dataDir
+	}
+	if dataDir == "" {
+		return "", errors.New("audit: instance id: no data directory")
+	}
+	path := filepath.Join(dataDir, instanceFile)
+	if id, err := readInstance(path); err == nil {
+		return id, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("audit: instance id: %w", err)
+	}
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("audit: instance id: %w", err)
+	}
+	id := "portcullis-" + hex.EncodeToString(b[:])
+	// Create exclusively: when two processes race, the first id wins.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return readInstance(path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("audit: instance id: %w", err)
+	}
+	_, werr := f.WriteString(id + "\n")
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("audit: instance id: %w", err)
+	}
+	if err := syncDir(dataDir); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func readInstance(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("audit: instance id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if !instancePattern.MatchString(id) {
+		return "", fmt.Errorf("audit: instance id in %s is invalid (%q): fix or remove the file", path, id)
+	}
+	return id, nil
+}
