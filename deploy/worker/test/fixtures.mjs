@@ -219,12 +219,29 @@ export async function startOrigin() {
       res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body }));
     });
   });
+  // WebSocket: answer the handshake, then reply "pong:<text>" to each frame.
+  const upgraded = new Set();
+  server.on('upgrade', (req, sock) => {
+    upgraded.add(sock);
+    sock.on('close', () => upgraded.delete(sock));
+    state.requests.push({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders });
+    const accept = crypto
+      .createHash('sha1')
+      .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+      .digest('base64');
+    sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    sock.on('data', (d) => sock.write(wsFrame(`pong:${wsUnframe(d)}`, false)));
+    sock.on('error', () => sock.destroy());
+  });
   const port = await listen(server);
   return {
     state,
     port,
     url: `http://127.0.0.1:${port}`,
-    close: () => close(server),
+    close: () => {
+      for (const sock of upgraded) sock.destroy();
+      return close(server);
+    },
   };
 }
 
@@ -278,4 +295,24 @@ export async function startFakePulsar() {
       }
     },
   };
+}
+
+/** One short (< 126 bytes) WebSocket text frame; clients must mask. */
+export function wsFrame(text, mask) {
+  const payload = Buffer.from(text);
+  if (payload.length > 125) throw new Error('wsFrame: short frames only');
+  const head = Buffer.from([0x81, (mask ? 0x80 : 0) | payload.length]);
+  if (!mask) return Buffer.concat([head, payload]);
+  const m = crypto.randomBytes(4);
+  return Buffer.concat([head, m, Buffer.from(payload.map((b, i) => b ^ m[i % 4]))]);
+}
+
+/** Decodes one short WebSocket text frame. */
+export function wsUnframe(buf) {
+  const masked = (buf[1] & 0x80) !== 0;
+  const len = buf[1] & 0x7f;
+  const off = masked ? 6 : 2;
+  const p = Buffer.from(buf.subarray(off, off + len));
+  if (masked) for (let i = 0; i < p.length; i++) p[i] ^= buf[2 + (i % 4)];
+  return p.toString();
 }

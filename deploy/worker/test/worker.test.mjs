@@ -15,6 +15,8 @@ import {
   startFakePulsar,
   startJwksServer,
   startOrigin,
+  wsFrame,
+  wsUnframe,
 } from './fixtures.mjs';
 import { startWorkerd } from './workerd.mjs';
 
@@ -344,6 +346,46 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
       signal,
     });
     assert.equal(await up.text(), 'up-first;up-second');
+  });
+
+  it('passes a WebSocket through after verifying the handshake', async () => {
+    const cases = [
+      { name: 'valid assertion', token: good({ sub: 'ws-user' }), want: 101 },
+      { name: 'no assertion', token: null, want: 401 },
+    ];
+    for (const tc of cases) {
+      const before = origin.state.requests.length;
+      const headers = {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': crypto.randomBytes(16).toString('base64'),
+      };
+      if (tc.token) headers['x-portcullis-assertion'] = tc.token;
+      const got = await new Promise((resolve, reject) => {
+        const req = http.request(`${worker.url}/ws`, { headers, agent: false, signal: AbortSignal.timeout(10_000) });
+        req.on('error', reject);
+        req.on('response', (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode }));
+        });
+        req.on('upgrade', (res, sock) => {
+          sock.write(wsFrame('ping', true));
+          sock.once('data', (d) => {
+            sock.destroy();
+            resolve({ status: res.statusCode, reply: wsUnframe(d) });
+          });
+        });
+        req.end();
+      });
+      assert.equal(got.status, tc.want, `${tc.name}: status`);
+      if (tc.want === 101) {
+        assert.equal(got.reply, 'pong:ping', `${tc.name}: echoed frame`);
+        assert.equal(origin.state.requests.at(-1).headers['x-portcullis-user'], 'ws-user');
+      } else {
+        assert.equal(origin.state.requests.length, before, `${tc.name}: the origin was contacted`);
+      }
+    }
   });
 
   it('streams a 50 MB upload to the origin intact', async () => {
