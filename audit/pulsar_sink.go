@@ -1,0 +1,579 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/apache/pulsar-client-go/pulsar"
+	"github.com/apache/pulsar-client-go/pulsar/backoff"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Pulsar sink design.
+//
+// Broker-side de-duplication remembers, per producer name, the highest
+// sequence id it has persisted, and drops a message (or a whole batch) whose
+// sequence id is not above it. pulsar-client-go (v0.19.0) gives a batch the
+// sequence id of its FIRST message and never sends highest_sequence_id, so
+// with the client's ordinary batching the broker's watermark is the lowest
+// id of the last batch, and a replay of the rest of that batch after a crash
+// is stored twice (pulsar-client-go #1395, #1407). The sink therefore shapes
+// the batches itself while still letting the client build them:
+//
+//   - every event is one message (key = subject, event time = event time,
+//     payload = the event JSON);
+//   - events are sent in chunks of at most BatchMessages events; the first
+//     message of a chunk carries the chunk's HIGHEST seq as its sequence id,
+//     so the broker's batch id, its de-duplication check and its persisted
+//     watermark all use the highest seq in the batch;
+//   - chunk boundaries are exactly the client's batch boundaries: the
+//     producer's BatchingMaxMessages equals the chunk size (the client cuts a
+//     batch when the next message does not fit), the batching timer is
+//     effectively off, byte budgets stay far below BatchingMaxSize, and a
+//     chunk cut short (end of a Publish, byte budget) is flushed explicitly;
+//   - events at or below the watermark (LastSequenceID of a new producer, or
+//     the last acknowledged seq) are skipped before sending;
+//   - after any failure the producer is closed without flushing and a new one
+//     is created, so that the broker's watermark, not the client's memory,
+//     decides what is sent again.
+//
+// The test TestPulsarSinkReplayDeduplicates replays overlapping batches
+// through new sink instances and counts the messages in the topic.
+
+// PulsarOptions tunes the Pulsar sink and source beyond what the
+// configuration file says. The zero value works for a source; a sink needs
+// Instance.
+type PulsarOptions struct {
+	// Instance is the proxy instance id. The sink's producer is named
+	// "portcullis-audit-<Instance>"; the name must be stable across restarts
+	// and unique per instance for broker de-duplication to work.
+	Instance string
+	// Logger receives the sink's and the Pulsar client's log lines (nil:
+	// discarded).
+	Logger *slog.Logger
+	// Registerer receives the Pulsar client's metrics. Nil: a private
+	// registry nobody scrapes (never the global one).
+	Registerer prometheus.Registerer
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+	// Compression is "lz4" (default), "zstd" or "none".
+	Compression string
+	// BatchMessages is the most events per broker batch (default 1000).
+	BatchMessages int
+	// BatchBytes bounds the payload bytes per broker batch (default 1 MiB).
+	BatchBytes int
+	// OperationTimeout bounds producer creation and other broker requests
+	// (default 5s). While the broker is down each producer creation attempt
+	// takes this long, and Close may wait for one.
+	OperationTimeout time.Duration
+	// SendTimeout fails a sent batch that is not acknowledged in time
+	// (default 30s); Publish then returns an error and the batch is retried
+	// by the caller through a new producer.
+	SendTimeout time.Duration
+	// RetryMax caps the back-off between producer creation attempts and
+	// reconnects (default 2s).
+	RetryMax time.Duration
+	// StallAfter is how long unacknowledged messages may wait before Status
+	// reports the sink as not live (default 5s).
+	StallAfter time.Duration
+	// ReceiverQueueSize is the source's reader queue (default 10000).
+	ReceiverQueueSize int
+	// SeekMargin is how far before Filter.Since the source seeks by publish
+	// time, to allow for clock skew between proxy and broker (default 2m).
+	SeekMargin time.Duration
+}
+
+func (o PulsarOptions) withDefaults() PulsarOptions {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Compression == "" {
+		o.Compression = "lz4"
+	}
+	if o.BatchMessages <= 0 {
+		o.BatchMessages = 1000
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 1 << 20
+	}
+	if o.OperationTimeout <= 0 {
+		o.OperationTimeout = 5 * time.Second
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = 30 * time.Second
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 2 * time.Second
+	}
+	if o.StallAfter <= 0 {
+		o.StallAfter = 5 * time.Second
+	}
+	if o.ReceiverQueueSize <= 0 {
+		o.ReceiverQueueSize = 10000
+	}
+	if o.SeekMargin <= 0 {
+		o.SeekMargin = 2 * time.Minute
+	}
+	return o
+}
+
+// The client's batch must never be cut by anything but the sink: the
+// BatchingMaxSize is far above any chunk the sink builds, and the batching
+// timer is off in practice.
+const (
+	pulsarBatchingMaxSize  = 4 << 20
+	pulsarBatchingNoTimer  = 100 * 365 * 24 * time.Hour
+	pulsarMessageOverhead  = 64 // per-message metadata bound used for the byte budget
+	pulsarMaxPendingFactor = 8  // pending messages allowed, in chunks
+)
+
+// PulsarSink publishes events to a Pulsar topic, one message per event, with
+// broker de-duplication making re-delivery harmless (see the design note
+// above). It implements Sink; Publish is meant to be called from one
+// goroutine at a time (Status and Close may be called concurrently).
+type PulsarSink struct {
+	opts     PulsarOptions
+	topic    string
+	name     string
+	client   pulsar.Client
+	prodOpts pulsar.ProducerOptions
+	log      *slog.Logger
+
+	closed       chan struct{}
+	closeOnce    sync.Once
+	firstAttempt chan struct{} // closed when the first producer creation attempt has settled
+	firstOnce    sync.Once
+	wg           sync.WaitGroup
+
+	mu         sync.Mutex
+	producer   pulsar.Producer
+	retired    []pulsar.Producer // closed by the connector before it creates a new producer
+	connecting chan struct{}     // closed when the running connection attempt settles
+	acked      int64             // highest seq the broker holds for this producer name
+	lastErr    error
+
+	// noSkip makes Publish send events at or below the watermark too; tests
+	// set it to show that the broker's de-duplication alone drops them.
+	noSkip bool
+
+	waitingSince atomic.Int64 // unix nanos of the oldest unacknowledged send, 0 when none
+	live         atomic.Bool
+	detail       atomic.Value // string
+}
+
+var _ Sink = (*PulsarSink)(nil)
+
+// NewPulsarSink creates the Pulsar client and starts connecting the producer
+// "portcullis-audit-<opts.Instance>" to cfg.Topic. It waits for the first
+// connection attempt until ctx is done or OperationTimeout has passed; when
+// the broker is unreachable it still returns the sink (not live) and keeps
+// retrying in the background with back-off, so that a proxy can start during
+// a Pulsar outage. It fails only for a bad configuration (URL, topic, token
+// file).
+func NewPulsarSink(ctx context.Context, cfg PulsarConfig, opts PulsarOptions) (*PulsarSink, error) {
+	if opts.Instance == "" {
+		return nil, errors.New("audit: pulsar sink: instance id is required")
+	}
+	opts = opts.withDefaults()
+	client, err := newPulsarClient(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	compression, err := pulsarCompression(opts.Compression)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	name := "portcullis-audit-" + opts.Instance
+	s := &PulsarSink{
+		opts:   opts,
+		topic:  cfg.Topic,
+		name:   name,
+		client: client,
+		log:    opts.Logger.With("component", "audit.pulsar", "topic", cfg.Topic, "producer", name),
+		closed: make(chan struct{}),
+		acked:  -1,
+
+		firstAttempt: make(chan struct{}),
+		prodOpts: pulsar.ProducerOptions{
+			Topic:                   cfg.Topic,
+			Name:                    name,
+			SendTimeout:             opts.SendTimeout,
+			MaxPendingMessages:      opts.BatchMessages * pulsarMaxPendingFactor,
+			BatchingMaxMessages:     uint(opts.BatchMessages),
+			BatchingMaxSize:         pulsarBatchingMaxSize,
+			BatchingMaxPublishDelay: pulsarBatchingNoTimer,
+			CompressionType:         compression,
+			BackOffPolicyFunc:       func() backoff.Policy { return newCappedBackoff(opts.RetryMax) },
+		},
+	}
+	s.detail.Store("connecting")
+	s.startConnect()
+	timer := time.NewTimer(opts.OperationTimeout)
+	defer timer.Stop()
+	select {
+	case <-s.firstAttempt:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return s, nil
+}
+
+// Publish sends every event of batch whose Seq is above what the broker
+// already holds for this instance, and returns nil once all of them are
+// acknowledged. Events must come in increasing Seq order (the spool's
+// order). On error nothing about the batch is assumed: the caller retries the
+// whole batch, and the events the broker already stored are skipped or
+// de-duplicated. Publish waits for a producer while the broker is down, but
+// never past ctx.
+func (s *PulsarSink) Publish(ctx context.Context, batch []*Event) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	p, err := s.awaitProducer(ctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	acked := s.acked
+	s.mu.Unlock()
+	start := 0
+	for !s.noSkip && start < len(batch) && int64(batch[start].Seq) <= acked {
+		start++
+	}
+	todo := batch[start:]
+	if len(todo) == 0 {
+		return nil
+	}
+	encoded := make([]Encoded, len(todo))
+	for i, ev := range todo {
+		if i > 0 && ev.Seq <= todo[i-1].Seq {
+			return fmt.Errorf("audit: pulsar: batch out of order: seq %d after %d", ev.Seq, todo[i-1].Seq)
+		}
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("audit: pulsar: encode event %s: %w", ev.ID, err)
+		}
+		encoded[i] = Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data}
+	}
+	if err := s.send(ctx, p, encoded); err != nil {
+		s.retire(p, err)
+		return err
+	}
+	s.mu.Lock()
+	if last := int64(todo[len(todo)-1].Seq); last > s.acked {
+		s.acked = last
+	}
+	s.mu.Unlock()
+	s.setLive()
+	return nil
+}
+
+// send publishes events in chunks (see the design note) and waits for every
+// acknowledgement.
+func (s *PulsarSink) send(ctx context.Context, p pulsar.Producer, events []Encoded) error {
+	w := newAckWaiter(len(events))
+	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
+	defer s.waitingSince.Store(0)
+
+	msgs := make([]*pulsar.ProducerMessage, 0, s.opts.BatchMessages)
+	for i := 0; i < len(events); {
+		// Build one chunk: at most BatchMessages events and BatchBytes bytes.
+		msgs = msgs[:0]
+		size := 0
+		for i < len(events) && len(msgs) < s.opts.BatchMessages {
+			ev := &events[i]
+			n := len(ev.Data) + len(ev.Key) + pulsarMessageOverhead
+			if len(msgs) > 0 && size+n > s.opts.BatchBytes {
+				break
+			}
+			seq := int64(ev.Seq)
+			msgs = append(msgs, &pulsar.ProducerMessage{
+				Payload:    ev.Data,
+				Key:        ev.Key,
+				EventTime:  ev.Time,
+				SequenceID: &seq,
+			})
+			size += n
+			i++
+		}
+		// The broker batch takes the first message's sequence id: make it
+		// the chunk's highest, so that de-duplication and the persisted
+		// watermark cover the whole chunk.
+		highest := *msgs[len(msgs)-1].SequenceID
+		msgs[0].SequenceID = &highest
+		for _, m := range msgs {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("audit: pulsar: publish: %w", err)
+			}
+			p.SendAsync(ctx, m, w.callback)
+			if err := w.failed(); err != nil {
+				return fmt.Errorf("audit: pulsar: publish: %w", err)
+			}
+		}
+		// A full chunk is cut by the client when the next message arrives;
+		// a shorter one (byte budget, end of the batch) must be flushed.
+		if len(msgs) < s.opts.BatchMessages || i == len(events) {
+			if err := p.FlushWithCtx(ctx); err != nil {
+				return fmt.Errorf("audit: pulsar: flush: %w", err)
+			}
+		}
+	}
+	if err := w.wait(ctx); err != nil {
+		return fmt.Errorf("audit: pulsar: publish: %w", err)
+	}
+	return nil
+}
+
+// ackWaiter counts acknowledgements for one Publish. Callbacks may arrive
+// after Publish gave up; they only touch the waiter.
+type ackWaiter struct {
+	mu        sync.Mutex
+	remaining int
+	err       error
+	done      chan struct{}
+}
+
+func newAckWaiter(n int) *ackWaiter {
+	return &ackWaiter{remaining: n, done: make(chan struct{})}
+}
+
+func (w *ackWaiter) callback(_ pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	w.remaining--
+	if w.remaining == 0 {
+		close(w.done)
+	}
+}
+
+func (w *ackWaiter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *ackWaiter) wait(ctx context.Context) error {
+	select {
+	case <-w.done:
+		return w.failed()
+	case <-ctx.Done():
+		if err := w.failed(); err != nil {
+			return err
+		}
+		return ctx.Err()
+	}
+}
+
+// Status reports whether the producer is connected and acknowledgements are
+// flowing: not live while no producer exists, after a failed send, or while
+// messages have waited longer than StallAfter for their acknowledgement.
+func (s *PulsarSink) Status() SinkStatus {
+	if since := s.waitingSince.Load(); since != 0 {
+		if waited := s.opts.Now().Sub(time.Unix(0, since)); waited > s.opts.StallAfter {
+			return SinkStatus{Live: false, Detail: fmt.Sprintf("pulsar: no acknowledgement for %s", waited.Round(time.Second))}
+		}
+	}
+	if s.live.Load() {
+		return SinkStatus{Live: true}
+	}
+	d, _ := s.detail.Load().(string)
+	return SinkStatus{Live: false, Detail: d}
+}
+
+// Close stops reconnecting, closes the producer (unacknowledged messages
+// fail; they stay in the caller's spool) and the client. It waits for a
+// connection attempt in progress, at most OperationTimeout.
+func (s *PulsarSink) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.wg.Wait()
+		s.mu.Lock()
+		ps := append(s.retired, s.producer)
+		s.producer, s.retired = nil, nil
+		s.mu.Unlock()
+		for _, p := range ps {
+			if p != nil {
+				p.Close()
+			}
+		}
+		s.client.Close()
+		s.live.Store(false)
+		s.detail.Store("closed")
+	})
+	return nil
+}
+
+// awaitProducer returns the connected producer, starting or waiting for a
+// connection attempt as needed, until ctx is done or the sink is closed.
+func (s *PulsarSink) awaitProducer(ctx context.Context) (pulsar.Producer, error) {
+	for {
+		select {
+		case <-s.closed:
+			return nil, fmt.Errorf("audit: pulsar: %w", ErrClosed)
+		default:
+		}
+		s.mu.Lock()
+		if s.producer != nil {
+			p := s.producer
+			s.mu.Unlock()
+			return p, nil
+		}
+		s.mu.Unlock()
+		ch := s.startConnect()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.mu.Lock()
+			last := s.lastErr
+			s.mu.Unlock()
+			if last != nil {
+				return nil, fmt.Errorf("audit: pulsar: no producer (%v): %w", last, ctx.Err())
+			}
+			return nil, fmt.Errorf("audit: pulsar: no producer: %w", ctx.Err())
+		case <-s.closed:
+			return nil, fmt.Errorf("audit: pulsar: %w", ErrClosed)
+		}
+	}
+}
+
+// startConnect starts the connector unless it is running or a producer
+// exists, and returns a channel closed when a producer exists or the sink is
+// closed.
+func (s *PulsarSink) startConnect() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.producer != nil {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	if s.connecting != nil {
+		return s.connecting
+	}
+	ch := make(chan struct{})
+	s.connecting = ch
+	s.wg.Add(1)
+	go s.connect(ch)
+	return ch
+}
+
+// connect closes retired producers, then creates a producer with back-off
+// until it succeeds or the sink is closed.
+func (s *PulsarSink) connect(ch chan struct{}) {
+	defer s.wg.Done()
+	settle := func() {
+		s.mu.Lock()
+		if s.connecting == ch {
+			s.connecting = nil
+		}
+		s.mu.Unlock()
+		close(ch)
+	}
+	bo := newCappedBackoff(s.opts.RetryMax)
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		retired := s.retired
+		s.retired = nil
+		s.mu.Unlock()
+		for _, p := range retired {
+			p.Close()
+		}
+		p, err := s.createProducer()
+		s.firstOnce.Do(func() { close(s.firstAttempt) })
+		if err == nil {
+			s.mu.Lock()
+			s.producer = p
+			if last := p.LastSequenceID(); last > s.acked {
+				s.acked = last
+			}
+			acked := s.acked
+			s.lastErr = nil
+			s.mu.Unlock()
+			s.setLive()
+			s.log.Info("audit: pulsar producer connected", "last_sequence_id", acked, "attempts", attempt+1)
+			settle()
+			return
+		}
+		s.mu.Lock()
+		s.lastErr = err
+		s.mu.Unlock()
+		s.setNotLive(err.Error())
+		if attempt == 0 || attempt%20 == 0 {
+			s.log.Warn("audit: cannot create pulsar producer; retrying", "err", err, "attempts", attempt+1)
+		}
+		select {
+		case <-s.closed:
+			settle()
+			return
+		case <-time.After(bo.Next()):
+		}
+	}
+}
+
+func (s *PulsarSink) createProducer() (pulsar.Producer, error) {
+	partitions, err := s.client.TopicPartitions(s.topic)
+	if err != nil {
+		return nil, fmt.Errorf("audit: pulsar: look up topic: %w", err)
+	}
+	if len(partitions) != 1 {
+		return nil, fmt.Errorf("audit: pulsar: topic %s has %d partitions; the audit topic must not be partitioned", s.topic, len(partitions))
+	}
+	p, err := s.client.CreateProducer(s.prodOpts)
+	if err != nil {
+		return nil, fmt.Errorf("audit: pulsar: create producer: %w", err)
+	}
+	return p, nil
+}
+
+// retire takes p out of use after a failure: it is closed (without flushing
+// what is left in its batch) before the next producer is created, and the
+// next producer's LastSequenceID tells what the broker really holds.
+func (s *PulsarSink) retire(p pulsar.Producer, cause error) {
+	s.mu.Lock()
+	if s.producer == p {
+		s.producer = nil
+		s.retired = append(s.retired, p)
+	}
+	s.mu.Unlock()
+	s.setNotLive(cause.Error())
+	s.log.Warn("audit: pulsar publish failed; reconnecting", "err", cause)
+	s.startConnect()
+}
+
+func (s *PulsarSink) setLive() {
+	s.live.Store(true)
+	s.detail.Store("")
+}
+
+func (s *PulsarSink) setNotLive(detail string) {
+	s.live.Store(false)
+	s.detail.Store(detail)
+}
+
+func pulsarCompression(name string) (pulsar.CompressionType, error) {
+	switch name {
+	case "lz4":
+		return pulsar.LZ4, nil
+	case "zstd":
+		return pulsar.ZSTD, nil
+	case "none":
+		return pulsar.NoCompression, nil
+	}
+	return 0, fmt.Errorf("audit: pulsar: unknown compression %q (want lz4, zstd or none)", name)
+}
