@@ -1,0 +1,245 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/portcullis/portcullis/internal/confkit"
+)
+
+// Paths served by Handler on every route host and on external_url's host.
+const (
+	PathLogin    = "/.portcullis/login"
+	PathCallback = "/.portcullis/callback"
+	PathLogout   = "/.portcullis/logout"
+	PathMe       = "/.portcullis/me"
+	PathJWKS     = "/.well-known/portcullis/jwks.json"
+	ownPrefix    = "/.portcullis/"
+)
+
+// Authenticator signs people in, reads sessions and bearer tokens, and signs
+// assertions. It is safe for concurrent use. A configuration reload builds a
+// new one; sessions survive because they live in cookies sealed with the
+// configured secrets.
+type Authenticator struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   Clock
+	client  *http.Client
+	sealer  *sealer
+	signer  *assertionSigner
+	returns *returnChecker
+
+	providers []*provider
+	byName    map[string]*provider
+	byIssuer  map[string]*provider
+
+	externalHost string
+	externalPort string
+	refreshFrac  float64
+
+	used    *replayCache
+	mu      sync.Mutex
+	backoff map[string]time.Time // refresh token hash -> no refresh before
+	handler http.Handler
+}
+
+// New builds an Authenticator. It validates cfg and acfg (so a caller that
+// skipped Validate still gets every problem), loads or creates the
+// assertion key, and starts discovering the providers in the background: it
+// never waits for a provider, and an unreachable provider only makes sign-in
+// answer 503 until it is back. ctx bounds that background discovery.
+func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*Authenticator, error) {
+	var p confkit.Problems
+	cfg.Validate(&p, "identity")
+	acfg.Validate(&p, "assertion")
+	if err := p.Err(); err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = wallClock{}
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if opts.RefreshFraction <= 0 || opts.RefreshFraction >= 1 {
+		opts.RefreshFraction = 0.25
+	}
+	s, err := newSealer(cfg.Session.keys)
+	if err != nil {
+		return nil, err
+	}
+	extHost, extPort := splitHost(cfg.external.Host)
+	signer, err := newAssertionSigner(acfg, cfg.external.String(), opts.Clock)
+	if err != nil {
+		return nil, err
+	}
+	a := &Authenticator{
+		cfg: cfg, log: opts.Logger, clock: opts.Clock, client: opts.HTTPClient,
+		sealer: s, signer: signer,
+		returns: &returnChecker{
+			externalHost: extHost, externalPort: extPort, httpsPort: opts.HTTPSPort, hostAllowed: opts.HostAllowed,
+		},
+		byName: map[string]*provider{}, byIssuer: map[string]*provider{},
+		externalHost: extHost, externalPort: extPort, refreshFrac: opts.RefreshFraction,
+		used:    newReplayCache(100_000),
+		backoff: map[string]time.Time{},
+	}
+	redirect := cfg.external.String() + PathCallback
+	for _, pc := range cfg.Providers {
+		pr := newProvider(pc, redirect, a.client, a.clock)
+		a.providers = append(a.providers, pr)
+		a.byName[pc.Name] = pr
+		a.byIssuer[pc.Issuer] = pr
+	}
+	a.handler = a.routes()
+	for _, pr := range a.providers {
+		go func() {
+			if _, err := pr.get(ctx); err != nil {
+				a.log.Warn("identity: provider not reachable yet; sign-in will retry", "provider", pr.cfg.Name, "err", err)
+			}
+		}()
+	}
+	return a, nil
+}
+
+// Authenticate returns who made r:
+//   - with bearer tokens enabled and an "Authorization: Bearer" header, the
+//     token's identity, or an error wrapping ErrInvalidCredentials (or
+//     ErrProviderUnavailable) — never a fallback to the cookie;
+//   - otherwise the session cookie's identity, refreshing it with the
+//     provider when its ID token is near expiry (a refresh the provider
+//     refuses signs the user out);
+//   - (nil, nil) when there are no credentials. A cookie that is tampered,
+//     truncated, foreign, expired or sealed with a retired secret counts as
+//     no credentials and is cleared on w.
+func (a *Authenticator) Authenticate(w http.ResponseWriter, r *http.Request) (*Identity, error) {
+	if tok, ok := a.bearerToken(r.Header); ok {
+		return a.verifyBearer(r.Context(), tok)
+	}
+	s := a.currentSession(w, r)
+	if s == nil {
+		return nil, nil
+	}
+	return s.identity(), nil
+}
+
+// bearerToken returns the token of an "Authorization: Bearer" header when
+// bearer authentication is enabled.
+func (a *Authenticator) bearerToken(h http.Header) (string, bool) {
+	if !a.cfg.Bearer.Enabled {
+		return "", false
+	}
+	v := h.Get("Authorization")
+	if len(v) < 7 || !strings.EqualFold(v[:7], "bearer ") {
+		return "", false
+	}
+	return strings.TrimSpace(v[7:]), true
+}
+
+// StripCredentials removes what authenticated the request before it is
+// forwarded: the session cookie (and login-state cookies), keeping every
+// other cookie, and the Authorization header when it carried a bearer token.
+func (a *Authenticator) StripCredentials(h http.Header) {
+	if _, ok := a.bearerToken(h); ok {
+		h.Del("Authorization")
+	}
+	lines := h.Values("Cookie")
+	if len(lines) == 0 {
+		return
+	}
+	var kept []string
+	for _, line := range lines {
+		for _, part := range strings.Split(line, ";") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			name, _, _ := strings.Cut(part, "=")
+			if a.ownCookie(strings.TrimSpace(name)) {
+				continue
+			}
+			kept = append(kept, part)
+		}
+	}
+	h.Del("Cookie")
+	if len(kept) > 0 {
+		h.Set("Cookie", strings.Join(kept, "; "))
+	}
+}
+
+func (a *Authenticator) ownCookie(name string) bool {
+	n := a.cfg.Session.CookieName
+	return name == n || strings.HasPrefix(name, n+loginCookieInfix)
+}
+
+// OwnsPath reports whether Handler serves path: everything under
+// /.portcullis/ (unknown paths there answer 404) and the JWKS.
+func (a *Authenticator) OwnsPath(path string) bool {
+	return strings.HasPrefix(path, ownPrefix) || path == PathJWKS
+}
+
+// Handler serves /.portcullis/login, /callback, /logout, /me and the JWKS.
+// The proxy routes those paths to it on every route host and on
+// external_url's host.
+func (a *Authenticator) Handler() http.Handler { return a.handler }
+
+// Assertion signs the SPEC §4 JWT for one upstream request: ES256, kid in
+// the JWKS, iss = external_url, aud = audience, sub, email, groups, route,
+// iat, exp = iat + assertion.lifetime, jti = requestID.
+func (a *Authenticator) Assertion(id *Identity, route, audience, requestID string) (string, error) {
+	if id == nil || !id.Authenticated {
+		return "", errors.New("identity: no identity to assert")
+	}
+	return a.signer.sign(id, route, audience, requestID)
+}
+
+// JWKS returns the JSON Web Key Set that verifies assertions: the current
+// key and, during a rotation, the previous one.
+func (a *Authenticator) JWKS() []byte { return append([]byte(nil), a.signer.jwks...) }
+
+// KeyID is the kid of the key that signs assertions now.
+func (a *Authenticator) KeyID() string { return a.signer.kid }
+
+// replayCache remembers one-time values (login states, hand-over codes)
+// until they expire. It is bounded: when full of unexpired entries it
+// refuses new ones, which fails closed.
+type replayCache struct {
+	mu   sync.Mutex
+	max  int
+	seen map[string]time.Time
+}
+
+func newReplayCache(max int) *replayCache {
+	return &replayCache{max: max, seen: map[string]time.Time{}}
+}
+
+// use records key until exp and reports whether it was unused.
+func (c *replayCache) use(key string, exp, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.seen[key]; ok && now.Before(t) {
+		return false
+	}
+	if len(c.seen) >= c.max {
+		for k, t := range c.seen {
+			if !now.Before(t) {
+				delete(c.seen, k)
+			}
+		}
+		if len(c.seen) >= c.max {
+			return false
+		}
+	}
+	c.seen[key] = exp
+	return true
+}
