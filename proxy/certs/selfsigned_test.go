@@ -66,7 +66,11 @@ func handshake(addr, serverName, verifyName string, roots *x509.CertPool) (*x509
 	defer c.Close()
 	st := c.ConnectionState()
 	leaf := st.PeerCertificates[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: verifyName, Roots: roots}); err != nil {
+	inter := x509.NewCertPool()
+	for _, c := range st.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: verifyName, Roots: roots, Intermediates: inter}); err != nil {
 		return nil, err
 	}
 	return leaf, nil
