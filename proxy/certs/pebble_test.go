@@ -287,7 +287,9 @@ func TestACMEWithPebble(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		front.cur.Store(m)
+		if front.cur.Load() == nil || front.cur.Load().ctx.Err() != nil {
+			front.cur.Store(m) // the first Manager, or a restart
+		}
 		if err := m.SetHosts(t.Context(), hosts); err != nil {
 			t.Fatal(err)
 		}
@@ -379,6 +381,38 @@ func TestACMEWithPebble(t *testing.T) {
 	}
 	if got := peb.httpValidations(); got != 2 {
 		t.Errorf("HTTP-01 validations = %d, want still 2 (the new host must have used tls-alpn-01)", got)
+	}
+
+	// 4. Two replicas sharing the storage add the same host at once: one
+	// order between them (certmagic's lock in the storage), and both serve
+	// the certificate. The listeners belong to the first replica; when the
+	// second one wins the lock, its challenges are answered by the first
+	// through the storage (certmagic's distributed solving).
+	m3.Close()
+	replica1 := newManager(hosts[:1])
+	replica2 := newManager(hosts[:1])
+	defer replica1.Close()
+	defer replica2.Close()
+	if front.cur.Load() != replica1 {
+		t.Fatal("the listeners do not serve the first replica")
+	}
+	withD := []string{hosts[0], "d.portcullis.test"}
+	errs := make(chan error, 2)
+	for _, r := range []*Manager{replica1, replica2} {
+		go func() { errs <- r.SetHosts(t.Context(), withD) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	d1 := serial("d.portcullis.test")
+	front.cur.Store(replica2)
+	if d2 := serial("d.portcullis.test"); d2 != d1 {
+		t.Errorf("the replicas serve different certificates for d.portcullis.test: %s and %s", d1, d2)
+	}
+	if got := peb.count("Added order"); got != 4 {
+		t.Errorf("orders after two replicas added one host = %d, want 4 (one new order)", got)
 	}
 }
 
