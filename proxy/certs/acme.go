@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -26,6 +27,10 @@ type acmeState struct {
 	issuer *certmagic.ACMEIssuer
 	ctx    context.Context // the Manager's; ends at Close
 	log    *slog.Logger
+
+	// listeners are the addresses whose listeners answer challenges;
+	// management waits until they accept connections.
+	listeners []string
 
 	mu      sync.Mutex
 	managed map[string]bool
@@ -85,6 +90,7 @@ func newACME(ctx context.Context, ac ACMEConfig, opts Options, log *slog.Logger)
 			return nil, fmt.Errorf("certs: listen.http: %w", err)
 		}
 		tmpl.ListenHost, tmpl.AltHTTPPort = host, p
+		a.listeners = append(a.listeners, opts.HTTPAddr)
 	}
 	if useTLSALPN {
 		host, _, _ := net.SplitHostPort(opts.HTTPSAddr)
@@ -99,6 +105,7 @@ func newACME(ctx context.Context, ac ACMEConfig, opts Options, log *slog.Logger)
 			tmpl.ListenHost = host
 		}
 		tmpl.AltTLSALPNPort = p
+		a.listeners = append(a.listeners, opts.HTTPSAddr)
 	}
 	a.issuer = certmagic.NewACMEIssuer(a.magic, tmpl)
 	a.magic.Issuers = []certmagic.Issuer{a.issuer}
@@ -142,11 +149,40 @@ func (a *acmeState) manage(_ context.Context, hs *hostSet) error {
 		return nil
 	}
 	// The Manager's context, not the caller's: management outlives the
-	// reload that asked for it.
-	if err := a.magic.ManageAsync(a.ctx, add); err != nil {
-		return fmt.Errorf("certs: managing %s: %w", strings.Join(add, ", "), err)
+	// reload that asked for it. It starts once our listeners accept
+	// connections: certmagic binds a challenge port itself when nothing
+	// listens there, which would take the port from our server.
+	go func() {
+		if err := waitListening(a.ctx, a.listeners); err != nil {
+			return
+		}
+		if err := a.magic.ManageAsync(a.ctx, add); err != nil {
+			a.log.Error("certs: managing ACME certificates", "hosts", add, "err", err)
+			return
+		}
+		a.log.Info("certs: managing ACME certificates", "hosts", add)
+	}()
+	return nil
+}
+
+// waitListening returns once every address accepts TCP connections, or
+// with ctx's error.
+func waitListening(ctx context.Context, addrs []string) error {
+	d := net.Dialer{Timeout: time.Second}
+	for _, addr := range addrs {
+		for {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 	}
-	a.log.Info("certs: managing ACME certificates", "hosts", add)
 	return nil
 }
 

@@ -202,10 +202,10 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 // In mode acme it starts obtaining certificates, in the background, for the
 // hosts not managed yet (loading them from storage when present) and stops
 // renewing those no longer listed; wildcard and IP hosts are skipped with a
-// warning (Validate reports them). The listeners must already be bound:
-// certmagic answers challenges through them, and would otherwise bind their
-// ports itself for a moment. Handshakes for a host succeed once its
-// certificate has arrived.
+// warning (Validate reports them). Certificate work begins once listen.https
+// (and listen.http) accept connections, since challenges are answered
+// through them, so SetHosts may be called before the listeners are bound.
+// Handshakes for a host succeed once its certificate has arrived.
 //
 // In mode files it re-reads changed files and warns about hosts the
 // certificate does not cover. It returns an error only when a host is

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -218,18 +217,18 @@ type testFrontend struct {
 	httpAddr  string
 }
 
-func startFrontend(t *testing.T) *testFrontend {
+// start binds the addresses and serves them with the current Manager.
+func (f *testFrontend) start(t *testing.T) {
 	t.Helper()
-	f := &testFrontend{}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	tlsLn, err := net.Listen("tcp", f.httpsAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	httpLn, err := net.Listen("tcp", f.httpAddr)
 	if err != nil {
+		tlsLn.Close()
 		t.Fatal(err)
 	}
-	f.httpsAddr, f.httpAddr = tlsLn.Addr().String(), httpLn.Addr().String()
 	tlsConf := &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		return f.cur.Load().TLSConfig(), nil
 	}}
@@ -252,13 +251,11 @@ func startFrontend(t *testing.T) *testFrontend {
 		https.Close()
 		plain.Close()
 	})
-	return f
 }
 
 func TestACMEWithPebble(t *testing.T) {
-	front := startFrontend(t)
-	httpPort, _ := strconv.Atoi(front.httpAddr[strings.LastIndexByte(front.httpAddr, ':')+1:])
-	tlsPort, _ := strconv.Atoi(front.httpsAddr[strings.LastIndexByte(front.httpsAddr, ':')+1:])
+	httpPort, tlsPort := freePort(t), freePort(t)
+	front := &testFrontend{httpAddr: fmt.Sprintf("127.0.0.1:%d", httpPort), httpsAddr: fmt.Sprintf("127.0.0.1:%d", tlsPort)}
 	peb := startPebble(t, httpPort, tlsPort)
 
 	storage := filepath.Join(t.TempDir(), "certs")
@@ -313,8 +310,12 @@ func TestACMEWithPebble(t *testing.T) {
 
 	hosts := []string{"a.portcullis.test", "b.portcullis.test"}
 
-	// 1. Only http-01, answered by HTTPHandler on the HTTP listener.
+	// 1. Only http-01, answered by HTTPHandler on the HTTP listener. The
+	// hosts are set before the listeners are bound, as the command does;
+	// certificate work must wait for them rather than take their ports.
 	m1 := newManager(hosts, ChallengeHTTP01)
+	time.Sleep(200 * time.Millisecond) // give a premature ACME attempt the time to grab the port
+	front.start(t)
 	s1 := map[string]string{}
 	for _, h := range hosts {
 		s1[h] = serial(h)
