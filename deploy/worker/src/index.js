@@ -24,6 +24,14 @@ function jsonResponse(status, body, requestId, extra = {}) {
   });
 }
 
+function unauthorized(state, reason) {
+  state.verdict = 'unauthorized';
+  state.reason = reason;
+  return jsonResponse(401, { error: 'unauthorized', reason }, state.requestId, {
+    'www-authenticate': 'Bearer realm="portcullis"',
+  });
+}
+
 /**
  * Creates the Worker's handler. State that must outlive a request (the JWKS
  * cache, the edge publisher) lives in this closure, one per isolate, keyed by
@@ -84,11 +92,7 @@ export function createWorker(deps = {}) {
       });
     } catch (err) {
       if (!(err instanceof AssertionError)) throw err;
-      state.verdict = 'unauthorized';
-      state.reason = err.reason;
-      return jsonResponse(401, { error: 'unauthorized', reason: err.reason }, state.requestId, {
-        'www-authenticate': 'Bearer realm="portcullis"',
-      });
+      return unauthorized(state, err.reason);
     }
     state.sub = claims.sub;
     state.route = claims.route ?? '';
@@ -99,9 +103,7 @@ export function createWorker(deps = {}) {
       originRequest = buildOriginRequest(request, { originURL: cfg.originURL?.href, claims, requestId: state.requestId });
     } catch (err) {
       if (!(err instanceof HeaderValueError)) throw err;
-      state.verdict = 'unauthorized';
-      state.reason = 'claims not representable as headers';
-      return jsonResponse(401, { error: 'unauthorized', reason: state.reason }, state.requestId);
+      return unauthorized(state, 'claims not representable as headers');
     }
     try {
       const resp = cfg.originBinding ? await cfg.originBinding.fetch(originRequest) : await fetch(originRequest);
