@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	opametrics "github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/topdown"
 )
@@ -91,37 +93,54 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 		return errorDecision(pkg, s.revision, fmt.Errorf("%w: %w", ErrEvaluation, err), "policy input could not be built: "+err.Error())
 	}
 
-	ectx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	rs, err := q.pq.Eval(ectx, rego.EvalParsedInput(input), rego.EvalTime(s.clock.Now()))
+	// Cancel through an explicit Cancel rather than letting OPA start a
+	// goroutine per evaluation to watch ctx.
+	cancel := topdown.NewCancel()
+	timer := time.AfterFunc(s.timeout, cancel.Cancel)
+	defer timer.Stop()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, cancel.Cancel)
+		defer stop()
+	}
+	rs, err := q.pq.Eval(ctx,
+		rego.EvalParsedInput(input),
+		rego.EvalTime(s.clock.Now()),
+		rego.EvalMetrics(opametrics.NoOp()),
+		rego.EvalExternalCancel(cancel))
 	if err != nil {
-		return s.evalError(ctx, ectx, pkg, err)
+		return s.evalError(ctx, pkg, err)
 	}
-	var result ast.Object
-	if len(rs) == 1 {
-		if t, ok := rs[0].Bindings[decisionVar].(*ast.Term); ok {
-			result, _ = t.Value.(ast.Object)
-		}
-	}
-	if result == nil {
-		// The comprehension always yields an object; this is unreachable
-		// unless OPA changes, and then it must still deny.
-		err := fmt.Errorf("policy: package %s: %w: no result", pkg, ErrEvaluation)
+	if len(rs) != 1 {
+		// The query binds every rule it reads without ever being
+		// undefined; this is unreachable unless OPA changes, and then it
+		// must still deny.
+		err := fmt.Errorf("policy: package %s: %w: %d results", pkg, ErrEvaluation, len(rs))
 		return errorDecision(pkg, s.revision, err, "policy evaluation gave no result")
 	}
-	return s.decide(pkg, result)
+	b := rs[0].Bindings
+	return s.decide(pkg, func(name string) *ast.Term {
+		t, _ := b[name].(*ast.Term)
+		if t == nil || q.direct[name] {
+			return t
+		}
+		// [x | x := data.pkg.name]: empty when the rule is undefined.
+		if arr, ok := t.Value.(*ast.Array); ok && arr.Len() == 1 {
+			return arr.Elem(0)
+		}
+		return nil
+	})
 }
 
 // evalError turns an OPA evaluation error into an error decision whose
 // reason says what to do about it.
-func (s *Set) evalError(parent, ectx context.Context, pkg string, err error) Decision {
+func (s *Set) evalError(parent context.Context, pkg string, err error) Decision {
 	var te *topdown.Error
 	canceled := errors.As(err, &te) && te.Code == topdown.CancelErr
 	switch {
 	case canceled && parent.Err() != nil:
 		return errorDecision(pkg, s.revision, fmt.Errorf("policy: package %s: %w: %w", pkg, ErrCanceled, parent.Err()),
 			"policy evaluation canceled: the request ended before a decision")
-	case canceled || errors.Is(ectx.Err(), context.DeadlineExceeded):
+	case canceled:
 		return errorDecision(pkg, s.revision, fmt.Errorf("policy: package %s: %w after %s", pkg, ErrTimeout, s.timeout),
 			fmt.Sprintf("policy evaluation exceeded decision_timeout (%s): simplify package %s or raise policy.decision_timeout", s.timeout, pkg))
 	}
@@ -134,12 +153,12 @@ func (s *Set) evalError(parent, ectx context.Context, pkg string, err error) Dec
 }
 
 // decide reads the four rules from an evaluated package.
-func (s *Set) decide(pkg string, result ast.Object) Decision {
+func (s *Set) decide(pkg string, rule func(name string) *ast.Term) Decision {
 	d := Decision{Package: pkg, Revision: s.revision}
 	var notes []string
 
 	reason := ""
-	if t := result.Get(s.keys.ruleReason); t != nil {
+	if t := rule(ruleReason); t != nil {
 		if r, ok := t.Value.(ast.String); ok {
 			reason = string(r)
 		} else {
@@ -147,7 +166,7 @@ func (s *Set) decide(pkg string, result ast.Object) Decision {
 		}
 	}
 
-	allowTerm := result.Get(s.keys.ruleAllow)
+	allowTerm := rule(ruleAllow)
 	switch v := termValue(allowTerm).(type) {
 	case nil:
 		d.Outcome = OutcomeDeny
@@ -175,10 +194,10 @@ func (s *Set) decide(pkg string, result ast.Object) Decision {
 	}
 
 	if d.Allow {
-		d.Headers, notes = readHeaders(termValue(result.Get(s.keys.ruleHeaders)), notes)
+		d.Headers, notes = readHeaders(termValue(rule(ruleHeaders)), notes)
 	} else {
 		d.Status = DefaultDenyStatus
-		if t := result.Get(s.keys.ruleStatus); t != nil {
+		if t := rule(ruleStatus); t != nil {
 			st, ok := denyStatus(t.Value)
 			if ok {
 				d.Status = st

@@ -12,6 +12,8 @@ import (
 var (
 	// ErrPackageNotFound: a route names a package no module declares.
 	ErrPackageNotFound = errors.New("package not found")
+	// ErrNoAllowRule: a route's package defines no allow rule.
+	ErrNoAllowRule = errors.New("no allow rule")
 	// ErrNoPolicies: the policy directory holds no .rego file to serve.
 	ErrNoPolicies = errors.New("no policies")
 	// ErrTimeout: an evaluation ran past decision_timeout.

@@ -151,26 +151,34 @@ func newInputKeys() *inputKeys {
 		emailVerified: s("email_verified"), groups: s("groups"), issuer: s("issuer"),
 		provider: s("provider"), authMethod: s("auth_method"), claims: s("claims"),
 		name: s("name"), upstream: s("upstream"),
-		ruleAllow: s(ruleAllow), ruleReason: s(ruleReason), ruleStatus: s(ruleStatus), ruleHeaders: s(ruleHeaders),
 	}
 }
 
 // value converts in to an ast.Value directly, without a JSON round trip. It
 // produces the same document as json.Marshal(in) would, which the tests
-// check.
+// check. Claims are converted lazily, key by key, when a policy reads them:
+// most policies never do, and an ID token carries a dozen of them.
 func (k *inputKeys) value(in *Input) (ast.Value, error) {
 	r, u, rt := &in.Request, &in.User, &in.Route
+	// One slab for the terms of every scalar: fewer, larger allocations.
+	slab := make([]ast.Term, 0, 16+len(u.Groups))
+	term := func(v ast.Value) *ast.Term {
+		slab = append(slab, ast.Term{Value: v})
+		return &slab[len(slab)-1]
+	}
+	str := func(s string) *ast.Term {
+		if s == "" {
+			return ast.InternedEmptyString
+		}
+		return term(ast.String(s))
+	}
 	claims := ast.InternedEmptyObject
 	if len(u.Claims) > 0 {
-		v, err := ast.InterfaceToValue(u.Claims)
-		if err != nil {
-			return nil, fmt.Errorf("policy: user.claims: %w", err)
-		}
-		claims = ast.NewTerm(v)
+		claims = term(ast.LazyObject(u.Claims))
 	}
 	groups := make([]*ast.Term, len(u.Groups))
 	for i, g := range u.Groups {
-		groups[i] = ast.StringTerm(g)
+		groups[i] = str(g)
 	}
 	req := ast.NewObject(
 		ast.Item(k.id, str(r.ID)),
@@ -181,14 +189,14 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 		ast.Item(k.query, multiMap(r.Query)),
 		ast.Item(k.headers, multiMap(r.Headers)),
 		ast.Item(k.remoteAddr, str(r.RemoteAddr)),
-		ast.Item(k.time, ast.StringTerm(FormatTime(r.Time))),
+		ast.Item(k.time, str(FormatTime(r.Time))),
 	)
 	user := ast.NewObject(
 		ast.Item(k.authenticated, ast.InternedTerm(u.Authenticated)),
 		ast.Item(k.sub, str(u.Sub)),
 		ast.Item(k.email, str(u.Email)),
 		ast.Item(k.emailVerified, ast.InternedTerm(u.EmailVerified)),
-		ast.Item(k.groups, ast.ArrayTerm(groups...)),
+		ast.Item(k.groups, term(ast.NewArray(groups...))),
 		ast.Item(k.issuer, str(u.Issuer)),
 		ast.Item(k.provider, str(u.Provider)),
 		ast.Item(k.authMethod, str(u.AuthMethod)),
@@ -201,30 +209,32 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 		ast.Item(k.upstream, str(rt.Upstream)),
 	)
 	return ast.NewObject(
-		ast.Item(k.request, ast.NewTerm(req)),
-		ast.Item(k.user, ast.NewTerm(user)),
-		ast.Item(k.route, ast.NewTerm(route)),
+		ast.Item(k.request, term(req)),
+		ast.Item(k.user, term(user)),
+		ast.Item(k.route, term(route)),
 	), nil
-}
-
-func str(s string) *ast.Term {
-	if s == "" {
-		return ast.InternedEmptyString
-	}
-	return ast.StringTerm(s)
 }
 
 func multiMap(m map[string][]string) *ast.Term {
 	if len(m) == 0 {
 		return ast.InternedEmptyObject
 	}
+	n := 0
+	for _, vs := range m {
+		n += 2 + len(vs)
+	}
+	slab := make([]ast.Term, 0, n+1)
+	term := func(v ast.Value) *ast.Term {
+		slab = append(slab, ast.Term{Value: v})
+		return &slab[len(slab)-1]
+	}
 	obj := ast.NewObjectWithCapacity(len(m))
 	for k, vs := range m {
 		terms := make([]*ast.Term, len(vs))
 		for i, v := range vs {
-			terms[i] = ast.StringTerm(v)
+			terms[i] = term(ast.String(v))
 		}
-		obj.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+		obj.Insert(term(ast.String(k)), term(ast.NewArray(terms...)))
 	}
-	return ast.NewTerm(obj)
+	return term(obj)
 }

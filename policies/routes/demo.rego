@@ -10,32 +10,40 @@ import data.portcullis.lib.paths
 default allow := false
 
 allow if {
-	not paths.under("/admin")
-	groups.any_of({"engineering", "admins"})
+	not admin_area
+	engineer
 }
 
 allow if {
-	paths.under("/admin")
-	groups.any_of({"admins"})
+	admin_area
+	admin
 }
 
+# Facts are rules rather than repeated function calls: OPA evaluates a rule
+# once per request and reuses it in allow, reason and headers.
+admin_area if paths.under("/admin")
+
+admin if groups.any_of({"admins"})
+
+engineer if groups.any_of({"engineering", "admins"})
+
 # reason is recorded in the audit event and shown on the deny page. The
-# first matching line wins.
+# first matching branch wins.
 reason := "sign-in required" if {
 	not input.user.authenticated
 } else := "the /admin area is for group admins" if {
-	paths.under("/admin")
-	not allow
+	admin_area
+	not admin
 } else := "the demo app is for groups engineering or admins" if {
 	not allow
 } else := "admin: member of admins" if {
-	paths.under("/admin")
+	admin_area
 } else := "member of engineering or admins"
 
 # headers go to the demo app on allow, next to the X-Portcullis-* identity
 # headers the proxy always sets.
 headers := {"X-Demo-Role": role}
 
-role := "admin" if groups.any_of({"admins"})
+role := "admin" if admin
 
 else := "member"
