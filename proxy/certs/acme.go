@@ -62,15 +62,7 @@ func newACME(ctx context.Context, ac ACMEConfig, opts Options, log *slog.Logger)
 	}
 
 	zl := zap.New(&slogCore{log: log})
-	a := &acmeState{ctx: ctx, log: log, managed: map[string]bool{}}
-	a.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return a.magic, nil },
-		Logger:           zl,
-	})
-	a.magic = certmagic.New(a.cache, certmagic.Config{
-		Storage: &certmagic.FileStorage{Path: ac.Storage},
-		Logger:  zl,
-	})
+	var listeners []string
 	tmpl := certmagic.ACMEIssuer{
 		CA:                      ac.CA,
 		Email:                   ac.Email,
@@ -90,7 +82,7 @@ func newACME(ctx context.Context, ac ACMEConfig, opts Options, log *slog.Logger)
 			return nil, fmt.Errorf("certs: listen.http: %w", err)
 		}
 		tmpl.ListenHost, tmpl.AltHTTPPort = host, p
-		a.listeners = append(a.listeners, opts.HTTPAddr)
+		listeners = append(listeners, opts.HTTPAddr)
 	}
 	if useTLSALPN {
 		host, _, _ := net.SplitHostPort(opts.HTTPSAddr)
@@ -105,8 +97,18 @@ func newACME(ctx context.Context, ac ACMEConfig, opts Options, log *slog.Logger)
 			tmpl.ListenHost = host
 		}
 		tmpl.AltTLSALPNPort = p
-		a.listeners = append(a.listeners, opts.HTTPSAddr)
+		listeners = append(listeners, opts.HTTPSAddr)
 	}
+
+	a := &acmeState{ctx: ctx, log: log, listeners: listeners, managed: map[string]bool{}}
+	a.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return a.magic, nil },
+		Logger:           zl,
+	})
+	a.magic = certmagic.New(a.cache, certmagic.Config{
+		Storage: &certmagic.FileStorage{Path: ac.Storage},
+		Logger:  zl,
+	})
 	a.issuer = certmagic.NewACMEIssuer(a.magic, tmpl)
 	a.magic.Issuers = []certmagic.Issuer{a.issuer}
 	return a, nil
