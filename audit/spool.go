@@ -1,0 +1,853 @@
+package audit
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrSpoolFull is returned by Spool.Append when the event does not fit
+// under max_bytes. It wraps ErrUnavailable.
+var ErrSpoolFull = fmt.Errorf("audit: spool full: %w", ErrUnavailable)
+
+// errSpoolSeq means an Append did not continue the spool's sequence (the
+// spool discarded unwritten records after a write failure); the caller
+// resynchronises with Tail.
+var errSpoolSeq = errors.New("audit: spool: sequence does not continue the spool")
+
+// Spool is the write-ahead log of durable and fail-closed modes: an
+// append-only sequence of segment files under one directory holding encoded
+// events in Seq order, from the oldest event the sink has not acknowledged
+// to the newest recorded one.
+//
+// Contract:
+//
+//   - Append and Sync are safe for concurrent use; Append must be called in
+//     Seq order (the Pipeline calls it under its chain lock). Append only
+//     buffers; Sync(ctx, seq) returns once the record seq is written and
+//     fsync'd. Concurrent Sync calls share one write and one fsync (group
+//     commit): whoever finds no commit running writes everything buffered so
+//     far, the others wait for it.
+//   - What Sync confirmed survives a crash of the process or the machine.
+//     What was only appended may be lost; a record torn by a crash is found
+//     by its length and CRC-32C and cut off when the spool is opened, and
+//     the loss is reported in Recovery.
+//   - ReadBatch, Ack and the reader position belong to one goroutine (the
+//     shipper). ReadBatch only returns records confirmed by Sync. Ack(seq)
+//     records that the sink holds every event up to seq; segments entirely
+//     at or below it are deleted. The acknowledgement is written without
+//     fsync: after a crash a few acknowledged events may be delivered
+//     again, which sinks de-duplicate by Seq.
+//   - Bytes counts every segment file plus what is buffered; an Append that
+//     would take it past max_bytes fails with ErrSpoolFull.
+//   - A failed write or fsync makes the spool refuse Appends (wrapping
+//     ErrUnavailable) and discards what was buffered but not confirmed, so
+//     that the chain can continue from Tail without a gap; after a second
+//     the spool truncates the active segment to its confirmed size and
+//     accepts again.
+//   - One process at a time: Open takes an advisory lock on the directory.
+//
+// Record format (little endian): u32 body length, u32 CRC-32C of the body,
+// body = u64 seq, i64 time (Unix microseconds), u16 id length, u32 key
+// length, id, key, event JSON. Segment files are named <first seq>.seg
+// (20 digits); the file "ack" holds the acknowledged seq and its CRC.
+type Spool struct {
+	dir      string
+	maxBytes int64
+	segBytes int64
+	log      *slog.Logger
+	table    *crc32.Table
+	lock     *os.File
+	ackFile  *os.File
+	recovery Recovery
+	// tailInstance is the instance of the last record found by Open.
+	tailInstance string
+
+	mu          sync.Mutex
+	pending     []byte // framed records waiting for the next commit
+	spare       []byte
+	pendFirst   uint64
+	pendLast    uint64
+	pendHash    string
+	pendN       int
+	committing  bool
+	flushed     chan struct{} // closed after every commit attempt, then replaced
+	err         error         // sticky write failure
+	failedAt    time.Time
+	appended    uint64 // last seq appended (buffered or durable)
+	appendHash  string
+	durable     uint64 // last seq written and fsync'd
+	durableHash string
+	acked       uint64
+	bytes       int64
+	segs        []*spoolSegment // oldest first; the last one is active
+	cur         *os.File        // active segment, written only by the committer
+	closed      bool
+	commits     uint64
+	records     uint64
+
+	// Reader state: the shipper's goroutine only.
+	rnext  uint64 // next seq to read
+	rfirst uint64 // first seq of the segment rfile belongs to
+	roff   int64
+	rfile  *os.File
+}
+
+type spoolSegment struct {
+	first uint64 // seq of the first record, from the file name
+	last  uint64 // seq of the last confirmed record
+	size  int64  // confirmed bytes
+	path  string
+}
+
+// Recovery reports what Open found after an unclean stop.
+type Recovery struct {
+	// TornBytes were cut off the end of segments (a record torn by a crash,
+	// or corruption).
+	TornBytes int64
+	// LostRecords estimates how many records those bytes held (at least one
+	// per cut) plus sequence gaps between segments.
+	LostRecords uint64
+	// Unacked is how many events were waiting for the sink.
+	Unacked uint64
+}
+
+// SpoolStats is a snapshot of the spool's counters.
+type SpoolStats struct {
+	Appended, Durable, Acked uint64
+	Bytes                    int64
+	Segments                 int
+	// Commits counts group commits (write + fsync); Records the records
+	// they wrote. Records/Commits is the group-commit factor.
+	Commits, Records uint64
+	Failed           bool
+}
+
+const (
+	frameHeader    = 8             // length + CRC
+	bodyHeader     = 8 + 8 + 2 + 4 // seq, time, id length, key length
+	maxFrameBody   = 16 << 20      // larger lengths are corruption
+	segSuffix      = ".seg"
+	segNameFormat  = "%020d.seg"
+	ackFileName    = "ack"
+	ackRecordLen   = 12          // u64 seq + u32 CRC
+	spoolRetryWait = time.Second // between a write failure and the next attempt
+	minSegBytes    = 4 << 10
+	maxSegBytes    = 64 << 20
+	readChunk      = 1 << 20 // bytes read per step at most (a larger record is read whole)
+)
+
+// SpoolOptions tunes a Spool.
+type SpoolOptions struct {
+	Logger *slog.Logger
+	// SegmentBytes is the size at which a new segment file is started
+	// (default max_bytes/16, between 4KiB and 64MiB). Space is freed a whole
+	// segment at a time.
+	SegmentBytes int64
+}
+
+// OpenSpool opens (creating if needed) the spool in dir, checks every
+// record, cuts off a torn tail and positions the reader at the first
+// unacknowledged event. See Recovery for what it found.
+func OpenSpool(dir string, maxBytes int64, opts SpoolOptions) (*Spool, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	seg := opts.SegmentBytes
+	if seg <= 0 {
+		seg = min(max(maxBytes/16, minSegBytes), maxSegBytes)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit: spool: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{
+		dir: dir, maxBytes: maxBytes, segBytes: seg,
+		log:     opts.Logger.With("component", "audit.spool", "dir", dir),
+		table:   crc32.MakeTable(crc32.Castagnoli),
+		lock:    lock,
+		flushed: make(chan struct{}),
+	}
+	if err := s.load(); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	return s, nil
+}
+
+// load scans the directory: segments, the acknowledgement, the tail.
+func (s *Spool) load() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("audit: spool: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, segSuffix) {
+			continue
+		}
+		first, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 10, 64)
+		if err != nil || first == 0 {
+			s.log.Warn("audit: ignoring a file that is not a spool segment", "file", name)
+			continue
+		}
+		s.segs = append(s.segs, &spoolSegment{first: first, last: first - 1, path: filepath.Join(s.dir, name)})
+	}
+	slices.SortFunc(s.segs, func(a, b *spoolSegment) int { return cmpU64(a.first, b.first) })
+
+	s.ackFile, err = os.OpenFile(filepath.Join(s.dir, ackFileName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: spool: %w", err)
+	}
+	var ab [ackRecordLen]byte
+	if n, _ := s.ackFile.ReadAt(ab[:], 0); n == ackRecordLen && crc32.Checksum(ab[:8], s.table) == binary.LittleEndian.Uint32(ab[8:]) {
+		s.acked = binary.LittleEndian.Uint64(ab[:8])
+	}
+
+	var lastData []byte
+	kept := s.segs[:0]
+	for i, sg := range s.segs {
+		isLast := i == len(s.segs)-1
+		if len(kept) > 0 {
+			prev := kept[len(kept)-1]
+			if sg.first != prev.last+1 {
+				gap := sg.first - (prev.last + 1)
+				if sg.first < prev.last+1 {
+					return fmt.Errorf("audit: spool: segment %s overlaps the previous one; move the spool aside", sg.path)
+				}
+				s.recovery.LostRecords += gap
+				s.log.Error("audit: spool: events missing between segments", "after_seq", prev.last, "next_seq", sg.first, "lost", gap)
+			}
+		}
+		data, err := s.scanSegment(sg, isLast)
+		if err != nil {
+			return err
+		}
+		if sg.size == 0 {
+			if err := os.Remove(sg.path); err != nil {
+				return fmt.Errorf("audit: spool: %w", err)
+			}
+			continue
+		}
+		if data != nil {
+			lastData = data
+		}
+		kept = append(kept, sg)
+	}
+	s.segs = kept
+
+	if len(s.segs) > 0 {
+		if first := s.segs[0].first; s.acked < first-1 {
+			s.acked = first - 1
+		}
+		tail := s.segs[len(s.segs)-1]
+		s.appended, s.durable = tail.last, tail.last
+		s.tailInstance, s.appendHash = eventHead(lastData)
+		s.durableHash = s.appendHash
+		if s.acked > tail.last {
+			s.acked = tail.last
+		}
+		s.recovery.Unacked = tail.last - s.acked
+	}
+	for _, sg := range s.segs {
+		s.bytes += sg.size
+	}
+	// Delete what is acknowledged (keeping the active segment), then open
+	// the active segment for appending.
+	s.deleteAcked()
+	if len(s.segs) > 0 {
+		tail := s.segs[len(s.segs)-1]
+		f, err := os.OpenFile(tail.path, os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("audit: spool: %w", err)
+		}
+		if _, err := f.Seek(tail.size, io.SeekStart); err != nil {
+			f.Close()
+			return fmt.Errorf("audit: spool: %w", err)
+		}
+		s.cur = f
+	}
+	s.rnext = s.acked + 1
+	return nil
+}
+
+// scanSegment validates sg's records, sets its last seq and size, cuts off
+// anything invalid, and returns the last record's event JSON. It also
+// positions the reader when the first unacknowledged record is in sg.
+func (s *Spool) scanSegment(sg *spoolSegment, isLast bool) ([]byte, error) {
+	b, err := os.ReadFile(sg.path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: spool: %w", err)
+	}
+	var off int64
+	var lastData []byte
+	next := sg.first
+	for off < int64(len(b)) {
+		rec, n, ok := s.parseFrame(b[off:])
+		if !ok || rec.Seq != next {
+			break
+		}
+		lastData = rec.Data
+		off += int64(n)
+		next++
+	}
+	sg.last = next - 1
+	sg.size = off
+	if cut := int64(len(b)) - off; cut > 0 {
+		s.recovery.TornBytes += cut
+		s.recovery.LostRecords++
+		if isLast {
+			s.log.Warn("audit: spool: cutting off a record torn by an unclean stop", "segment", sg.path, "offset", off, "bytes", cut, "last_intact_seq", sg.last)
+		} else {
+			s.log.Error("audit: spool: segment is corrupt; cutting it short", "segment", sg.path, "offset", off, "bytes", cut, "last_intact_seq", sg.last)
+		}
+		if err := os.Truncate(sg.path, off); err != nil {
+			return nil, fmt.Errorf("audit: spool: truncate torn segment: %w", err)
+		}
+	}
+	return lastData, nil
+}
+
+// parseFrame decodes one record at the start of b. ok is false when b does
+// not start with a whole valid record.
+func (s *Spool) parseFrame(b []byte) (rec Encoded, n int, ok bool) {
+	if len(b) < frameHeader+bodyHeader {
+		return rec, 0, false
+	}
+	ln := binary.LittleEndian.Uint32(b[0:4])
+	if ln < bodyHeader || ln > maxFrameBody || int(ln) > len(b)-frameHeader {
+		return rec, 0, false
+	}
+	body := b[frameHeader : frameHeader+int(ln)]
+	if crc32.Checksum(body, s.table) != binary.LittleEndian.Uint32(b[4:8]) {
+		return rec, 0, false
+	}
+	idLen := int(binary.LittleEndian.Uint16(body[16:18]))
+	keyLen := int(binary.LittleEndian.Uint32(body[18:22]))
+	if bodyHeader+idLen+keyLen > len(body) {
+		return rec, 0, false
+	}
+	p := body[bodyHeader:]
+	rec.Seq = binary.LittleEndian.Uint64(body[0:8])
+	rec.Time = time.UnixMicro(int64(binary.LittleEndian.Uint64(body[8:16]))).UTC()
+	rec.ID = string(p[:idLen])
+	rec.Key = string(p[idLen : idLen+keyLen])
+	rec.Data = p[idLen+keyLen:]
+	return rec, frameHeader + int(ln), true
+}
+
+// frameSize is the spool bytes e takes.
+func frameSize(e *Encoded) int {
+	return frameHeader + bodyHeader + len(e.ID) + len(e.Key) + len(e.Data)
+}
+
+// appendFrame frames e onto b.
+func (s *Spool) appendFrame(b []byte, e *Encoded) []byte {
+	start := len(b)
+	ln := bodyHeader + len(e.ID) + len(e.Key) + len(e.Data)
+	b = binary.LittleEndian.AppendUint32(b, uint32(ln))
+	b = binary.LittleEndian.AppendUint32(b, 0) // CRC, filled below
+	b = binary.LittleEndian.AppendUint64(b, e.Seq)
+	b = binary.LittleEndian.AppendUint64(b, uint64(e.Time.UnixMicro()))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(e.ID)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(e.Key)))
+	b = append(b, e.ID...)
+	b = append(b, e.Key...)
+	b = append(b, e.Data...)
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(b[start+frameHeader:], s.table))
+	return b
+}
+
+// Recovery reports what Open found.
+func (s *Spool) Recovery() Recovery { return s.recovery }
+
+// TailInstance is the instance of the newest record Open found ("" when
+// the spool was empty).
+func (s *Spool) TailInstance() string { return s.tailInstance }
+
+// Tail returns the Seq and Hash of the last appended record (0, "" when
+// the spool has never held one).
+func (s *Spool) Tail() (uint64, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appended, s.appendHash
+}
+
+// continueFrom makes an empty spool continue the chain after seq: its first
+// record will be seq+1, and everything up to seq counts as acknowledged.
+// It does nothing when the spool holds records.
+func (s *Spool) continueFrom(seq uint64, hash string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.segs) > 0 || s.pendN > 0 || s.appended >= seq {
+		return
+	}
+	s.appended, s.durable, s.acked = seq, seq, seq
+	s.appendHash, s.durableHash = hash, hash
+	s.rnext = seq + 1
+}
+
+// resetIfDrained empties a spool whose every record is acknowledged and
+// makes it continue after seq. It reports false, changing nothing, when
+// unacknowledged records remain.
+func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
+	s.mu.Lock()
+	if s.acked < s.appended || s.pendN > 0 {
+		s.mu.Unlock()
+		return false, nil
+	}
+	doomed := s.segs
+	s.segs = nil
+	s.bytes = 0
+	if s.cur != nil {
+		s.cur.Close()
+		s.cur = nil
+	}
+	if s.rfile != nil {
+		s.rfile.Close()
+		s.rfile = nil
+	}
+	s.appended, s.durable, s.acked = 0, 0, 0
+	s.mu.Unlock()
+	for _, sg := range doomed {
+		if err := os.Remove(sg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, fmt.Errorf("audit: spool: %w", err)
+		}
+	}
+	s.continueFrom(seq, hash)
+	return true, nil
+}
+
+// Append buffers e (whose Seq must follow the last appended one) for the
+// next group commit. hash is the event's Hash, kept for Tail. It fails with
+// ErrSpoolFull, with an error wrapping ErrUnavailable while the spool is
+// failing, or with ErrClosed.
+func (s *Spool) Append(e Encoded, hash string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("audit: spool: %w", ErrClosed)
+	}
+	if s.err != nil {
+		if time.Since(s.failedAt) < spoolRetryWait || !s.recoverLocked() {
+			return fmt.Errorf("audit: spool failing (%v): %w", s.err, ErrUnavailable)
+		}
+	}
+	if e.Seq != s.appended+1 && !(s.appended == 0 && len(s.segs) == 0 && s.pendN == 0) {
+		return errSpoolSeq
+	}
+	n := int64(frameSize(&e))
+	if n-frameHeader > maxFrameBody {
+		return fmt.Errorf("audit: spool: event of %d bytes is too large: %w", n, ErrUnavailable)
+	}
+	if s.bytes+n > s.maxBytes {
+		return ErrSpoolFull
+	}
+	if s.pendN == 0 {
+		s.pendFirst = e.Seq
+	}
+	s.pending = s.appendFrame(s.pending, &e)
+	s.pendN++
+	s.pendLast, s.pendHash = e.Seq, hash
+	s.appended, s.appendHash = e.Seq, hash
+	s.bytes += n
+	return nil
+}
+
+// Sync returns once the record seq is written and fsync'd, or with an error
+// wrapping ErrUnavailable when the write failed, or ctx's error (the record
+// may then still be written later).
+func (s *Spool) Sync(ctx context.Context, seq uint64) error {
+	s.mu.Lock()
+	for {
+		if s.durable >= seq {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.closed {
+			s.mu.Unlock()
+			return fmt.Errorf("audit: spool: %w", ErrClosed)
+		}
+		if s.err != nil || seq > s.appended {
+			err := s.err
+			s.mu.Unlock()
+			if err == nil {
+				err = errors.New("record was discarded")
+			}
+			return fmt.Errorf("audit: spool write failed (%v): %w", err, ErrUnavailable)
+		}
+		if !s.committing && s.pendN > 0 {
+			s.commitLocked()
+			continue
+		}
+		ch := s.flushed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("audit: waiting for the spool: %w", ctx.Err())
+		}
+		s.mu.Lock()
+	}
+}
+
+// commitLocked writes and fsyncs everything pending, releasing s.mu while
+// it does so (other goroutines keep appending), and wakes every waiter.
+func (s *Spool) commitLocked() {
+	buf, first, last, hash, n := s.pending, s.pendFirst, s.pendLast, s.pendHash, s.pendN
+	s.pending, s.spare = s.spare[:0], nil
+	s.pendN = 0
+	s.committing = true
+	cur := s.cur
+	var active *spoolSegment
+	if len(s.segs) > 0 {
+		active = s.segs[len(s.segs)-1]
+	}
+	rotate := cur == nil || active.size >= s.segBytes
+	s.mu.Unlock()
+
+	var newSeg *spoolSegment
+	var newFile *os.File
+	err := func() error {
+		f := cur
+		if rotate {
+			path := filepath.Join(s.dir, fmt.Sprintf(segNameFormat, first))
+			nf, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return err
+			}
+			newFile, newSeg = nf, &spoolSegment{first: first, last: first - 1, path: path}
+			if err := syncDir(s.dir); err != nil {
+				return err
+			}
+			f = nf
+		}
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		return f.Sync()
+	}()
+
+	s.mu.Lock()
+	s.committing = false
+	s.commits++
+	if err == nil {
+		if newSeg != nil {
+			if cur != nil {
+				cur.Close()
+			}
+			s.cur = newFile
+			s.segs = append(s.segs, newSeg)
+			active = newSeg
+		}
+		active.size += int64(len(buf))
+		active.last = last
+		s.durable, s.durableHash = last, hash
+		s.records += uint64(n)
+		s.spare = buf
+	} else {
+		s.failLocked(err, int64(len(buf)), newFile, newSeg)
+	}
+	close(s.flushed)
+	s.flushed = make(chan struct{})
+}
+
+// failLocked handles a failed commit of failedBytes: the spool stops
+// accepting, everything not confirmed is discarded (the Pipeline
+// continues the chain from Tail), and the active segment is cut back to
+// its confirmed size.
+func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSeg *spoolSegment) {
+	s.err, s.failedAt = err, time.Now()
+	s.log.Error("audit: spool write failed; refusing events until it recovers", "err", err)
+	if newFile != nil {
+		newFile.Close()
+		os.Remove(newSeg.path)
+	}
+	s.bytes -= failedBytes + int64(len(s.pending))
+	s.pending = s.pending[:0]
+	s.pendN = 0
+	s.appended, s.appendHash = s.durable, s.durableHash
+	s.recoverLocked()
+	// Stay failed until the retry wait has passed, even if the cut worked:
+	// a failing disk tends to fail again.
+}
+
+// recoverLocked cuts the active segment back to its confirmed size and
+// clears the failure when that works and the retry wait has passed.
+func (s *Spool) recoverLocked() bool {
+	if s.cur != nil && len(s.segs) > 0 {
+		active := s.segs[len(s.segs)-1]
+		if err := s.cur.Truncate(active.size); err != nil {
+			s.log.Error("audit: spool: cannot cut the active segment back", "err", err)
+			return false
+		}
+		if _, err := s.cur.Seek(active.size, io.SeekStart); err != nil {
+			return false
+		}
+	}
+	if time.Since(s.failedAt) < spoolRetryWait {
+		return false
+	}
+	s.log.Info("audit: spool accepting events again", "after", s.err)
+	s.err = nil
+	return true
+}
+
+// Accepting reports whether an Append of a typical event would be taken
+// now: not failing, and not within 64KiB of max_bytes.
+func (s *Spool) Accepting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.err != nil && time.Since(s.failedAt) < spoolRetryWait {
+		return false
+	}
+	return s.bytes+64<<10 <= s.maxBytes
+}
+
+// Waiter returns the last confirmed seq and a channel closed at the next
+// commit, for a reader that found nothing new.
+func (s *Spool) Waiter() (uint64, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.durable, s.flushed
+}
+
+// ReadBatch returns the next confirmed records after the reader position,
+// at most maxN of them and about maxBytes of event JSON (at least one
+// record when any is available), in Seq order, and advances the position.
+// It returns an empty batch when nothing new is confirmed. Each call
+// allocates its own buffer: Data stays valid.
+func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
+	var out []Encoded
+	for len(out) < maxN {
+		s.mu.Lock()
+		if s.rnext > s.durable {
+			s.mu.Unlock()
+			break
+		}
+		var sg *spoolSegment
+		for _, g := range s.segs {
+			if g.first <= s.rnext && s.rnext <= g.last {
+				sg = g
+				break
+			}
+		}
+		if sg == nil {
+			err := fmt.Errorf("audit: spool: seq %d to read is in no segment", s.rnext)
+			s.mu.Unlock()
+			return out, err
+		}
+		first, path, size := sg.first, sg.path, sg.size
+		s.mu.Unlock()
+
+		if s.rfile == nil || s.rfirst != first {
+			if s.rfile != nil {
+				s.rfile.Close()
+				s.rfile = nil
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				return out, fmt.Errorf("audit: spool: %w", err)
+			}
+			s.rfile, s.rfirst, s.roff = f, first, 0
+			if s.rnext != first {
+				if err := s.skipTo(s.rnext, size); err != nil {
+					return out, err
+				}
+			}
+		}
+		want := min(size-s.roff, int64(max(maxBytes, 0)+frameHeader+bodyHeader+256))
+		want = min(want, readChunk)
+		buf := make([]byte, want)
+		if _, err := s.rfile.ReadAt(buf, s.roff); err != nil {
+			return out, fmt.Errorf("audit: spool: read: %w", err)
+		}
+		rec, n, ok := s.parseFrame(buf)
+		if !ok {
+			// One record larger than the chunk: read it whole.
+			if len(buf) >= 4 {
+				ln := int64(binary.LittleEndian.Uint32(buf[0:4])) + frameHeader
+				if ln <= size-s.roff && ln > int64(len(buf)) {
+					buf = make([]byte, ln)
+					if _, err := s.rfile.ReadAt(buf, s.roff); err != nil {
+						return out, fmt.Errorf("audit: spool: read: %w", err)
+					}
+					rec, n, ok = s.parseFrame(buf)
+				}
+			}
+			if !ok {
+				return out, fmt.Errorf("audit: spool: corrupt record at %s offset %d", path, s.roff)
+			}
+		}
+		used := 0
+		for ok && len(out) < maxN && rec.Seq == s.rnext {
+			out = append(out, rec)
+			used += n
+			s.rnext++
+			maxBytes -= len(rec.Data)
+			if maxBytes <= 0 {
+				break
+			}
+			rec, n, ok = s.parseFrame(buf[used:])
+		}
+		if used == 0 {
+			return out, fmt.Errorf("audit: spool: record at %s offset %d has seq %d, want %d", path, s.roff, rec.Seq, s.rnext)
+		}
+		s.roff += int64(used)
+		if maxBytes <= 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
+// skipTo advances the reader within its segment to the record seq.
+func (s *Spool) skipTo(seq uint64, size int64) error {
+	b := make([]byte, size)
+	if _, err := s.rfile.ReadAt(b, 0); err != nil {
+		return fmt.Errorf("audit: spool: read: %w", err)
+	}
+	off := 0
+	for off < len(b) {
+		rec, n, ok := s.parseFrame(b[off:])
+		if !ok {
+			return fmt.Errorf("audit: spool: corrupt record at %s offset %d", s.rfile.Name(), off)
+		}
+		if rec.Seq == seq {
+			break
+		}
+		off += n
+	}
+	s.roff = int64(off)
+	return nil
+}
+
+// Ack records that the sink holds every event up to seq: the reader never
+// goes back before it, and segments entirely at or below it are deleted.
+func (s *Spool) Ack(seq uint64) error {
+	s.mu.Lock()
+	if seq <= s.acked {
+		s.mu.Unlock()
+		return nil
+	}
+	s.acked = seq
+	doomed := s.deleteAcked()
+	s.mu.Unlock()
+
+	var b [ackRecordLen]byte
+	binary.LittleEndian.PutUint64(b[:8], seq)
+	binary.LittleEndian.PutUint32(b[8:], crc32.Checksum(b[:8], s.table))
+	if _, err := s.ackFile.WriteAt(b[:], 0); err != nil {
+		return fmt.Errorf("audit: spool: write ack: %w", err)
+	}
+	var errs []error
+	for _, sg := range doomed {
+		if s.rfile != nil && s.rfirst == sg.first {
+			s.rfile.Close()
+			s.rfile = nil
+		}
+		if err := os.Remove(sg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("audit: spool: delete acknowledged segments: %w", err)
+	}
+	return nil
+}
+
+// deleteAcked drops every segment but the active one whose records are all
+// acknowledged from the list and the byte count, and returns them for
+// deletion. Called with s.mu held.
+func (s *Spool) deleteAcked() []*spoolSegment {
+	var doomed []*spoolSegment
+	for len(s.segs) > 1 && s.segs[0].last <= s.acked {
+		doomed = append(doomed, s.segs[0])
+		s.bytes -= s.segs[0].size
+		s.segs = s.segs[1:]
+	}
+	return doomed
+}
+
+// Stats returns a snapshot of the spool's counters.
+func (s *Spool) Stats() SpoolStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SpoolStats{
+		Appended: s.appended, Durable: s.durable, Acked: s.acked,
+		Bytes: s.bytes, Segments: len(s.segs),
+		Commits: s.commits, Records: s.records,
+		Failed: s.err != nil,
+	}
+}
+
+// Close commits nothing more (call Sync first), releases the files and the
+// directory lock. Appends fail with ErrClosed afterwards.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	for s.committing {
+		ch := s.flushed
+		s.mu.Unlock()
+		<-ch
+		s.mu.Lock()
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.closeFiles()
+}
+
+func (s *Spool) closeFiles() error {
+	var errs []error
+	for _, f := range []*os.File{s.cur, s.rfile, s.ackFile, s.lock} {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
+	}
+	s.cur, s.rfile, s.ackFile, s.lock = nil, nil, nil, nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("audit: spool close: %w", err)
+	}
+	return nil
+}
+
+// eventHead extracts the instance and hash of an event's JSON ("" when
+// absent or unreadable).
+func eventHead(data []byte) (instance, hash string) {
+	if data == nil {
+		return "", ""
+	}
+	var h struct {
+		Instance string `json:"instance"`
+		Hash     string `json:"hash"`
+	}
+	if err := json.Unmarshal(data, &h); err != nil {
+		return "", ""
+	}
+	return h.Instance, h.Hash
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

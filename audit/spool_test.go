@@ -1,0 +1,283 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+func testRecord(seq uint64) Encoded {
+	return Encoded{
+		Seq:  seq,
+		ID:   fmt.Sprintf("01JD%022d", seq),
+		Time: time.UnixMicro(1_700_000_000_000_000 + int64(seq)).UTC(),
+		Key:  "alice",
+		Data: []byte(fmt.Sprintf(`{"seq":%d,"instance":"t","hash":"sha256:%d"}`, seq, seq)),
+	}
+}
+
+func appendSync(t *testing.T, s *Spool, from, to uint64) {
+	t.Helper()
+	for seq := from; seq <= to; seq++ {
+		if err := s.Append(testRecord(seq), fmt.Sprintf("sha256:%d", seq)); err != nil {
+			t.Fatalf("append %d: %v", seq, err)
+		}
+	}
+	if err := s.Sync(context.Background(), to); err != nil {
+		t.Fatalf("sync %d: %v", to, err)
+	}
+}
+
+func readAll(t *testing.T, s *Spool) []uint64 {
+	t.Helper()
+	var seqs []uint64
+	for {
+		b, err := s.ReadBatch(3, 1<<20)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if len(b) == 0 {
+			return seqs
+		}
+		for _, r := range b {
+			want := testRecord(r.Seq)
+			if r.ID != want.ID || r.Key != want.Key || !r.Time.Equal(want.Time) || string(r.Data) != string(want.Data) {
+				t.Fatalf("record %d read back as %+v, want %+v", r.Seq, r, want)
+			}
+			seqs = append(seqs, r.Seq)
+		}
+	}
+}
+
+func seqRange(from, to uint64) []uint64 {
+	var out []uint64
+	for s := from; s <= to; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+func equalSeqs(a, b []uint64) bool {
+	return fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+func TestSpoolReplaysUnacknowledged(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(dir, 1<<20, SpoolOptions{SegmentBytes: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]uint64{{1, 3}, {4, 6}, {7, 9}, {10, 10}} {
+		appendSync(t, s, r[0], r[1]) // one commit each; a segment is cut after ~300 bytes
+	}
+	if got := readAll(t, s); !equalSeqs(got, seqRange(1, 10)) {
+		t.Fatalf("read %v, want 1..10", got)
+	}
+	if err := s.Ack(6); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats()
+	if before.Segments < 2 {
+		t.Fatalf("want several segments with SegmentBytes 300, got %d", before.Segments)
+	}
+	s.Close()
+
+	s, err = OpenSpool(dir, 1<<20, SpoolOptions{SegmentBytes: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := readAll(t, s); !equalSeqs(got, seqRange(7, 10)) {
+		t.Errorf("after reopen read %v, want 7..10", got)
+	}
+	if rec := s.Recovery(); rec.Unacked != 4 || rec.LostRecords != 0 {
+		t.Errorf("recovery %+v, want 4 unacked, nothing lost", rec)
+	}
+	if seq, hash := s.Tail(); seq != 10 || hash != "sha256:10" {
+		t.Errorf("tail = %d %q, want 10 sha256:10", seq, hash)
+	}
+	appendSync(t, s, 11, 12)
+	if got := readAll(t, s); !equalSeqs(got, seqRange(11, 12)) {
+		t.Errorf("read %v, want 11..12", got)
+	}
+}
+
+func TestSpoolDeletesAcknowledgedSegments(t *testing.T) {
+	s, err := OpenSpool(t.TempDir(), 1<<20, SpoolOptions{SegmentBytes: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendSync(t, s, 1, 3)
+	appendSync(t, s, 4, 6)
+	appendSync(t, s, 7, 9)
+	readAll(t, s)
+	full := s.Stats()
+	if err := s.Ack(9); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Segments != 1 || st.Bytes >= full.Bytes {
+		t.Errorf("after acking everything: %d segments, %d bytes (was %d, %d); want only the active segment", st.Segments, st.Bytes, full.Segments, full.Bytes)
+	}
+	files, _ := filepath.Glob(filepath.Join(s.dir, "*.seg"))
+	if len(files) != 1 {
+		t.Errorf("segment files on disk: %v, want 1", files)
+	}
+}
+
+func TestSpoolCutsTornTail(t *testing.T) {
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, path string, size int64)
+	}{
+		{"truncated mid-record", func(t *testing.T, path string, size int64) {
+			if err := os.Truncate(path, size-7); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"flipped byte in the last record", func(t *testing.T, path string, size int64) {
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			b := []byte{0}
+			f.ReadAt(b, size-3)
+			b[0] ^= 0xff
+			f.WriteAt(b, size-3)
+		}},
+		{"garbage appended", func(t *testing.T, path string, size int64) {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			f.Write([]byte{0x30, 0, 0, 0, 1, 2, 3})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := OpenSpool(dir, 1<<20, SpoolOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			appendSync(t, s, 1, 5)
+			s.Close()
+			path := filepath.Join(dir, fmt.Sprintf(segNameFormat, 1))
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.damage(t, path, fi.Size())
+
+			s, err = OpenSpool(dir, 1<<20, SpoolOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			wantLast := uint64(4)
+			if tt.name == "garbage appended" {
+				wantLast = 5
+			}
+			if seq, _ := s.Tail(); seq != wantLast {
+				t.Errorf("tail seq = %d, want %d", seq, wantLast)
+			}
+			if rec := s.Recovery(); rec.LostRecords != 1 || rec.TornBytes == 0 {
+				t.Errorf("recovery = %+v, want 1 lost record and torn bytes", rec)
+			}
+			appendSync(t, s, wantLast+1, wantLast+2)
+			if got := readAll(t, s); !equalSeqs(got, seqRange(1, wantLast+2)) {
+				t.Errorf("read %v, want 1..%d", got, wantLast+2)
+			}
+		})
+	}
+}
+
+func TestSpoolFull(t *testing.T) {
+	rec := testRecord(1)
+	size := int64(frameSize(&rec))
+	s, err := OpenSpool(t.TempDir(), 3*size, SpoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendSync(t, s, 1, 3)
+	err = s.Append(testRecord(4), "")
+	if !errors.Is(err, ErrSpoolFull) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("append past max_bytes: %v, want ErrSpoolFull wrapping ErrUnavailable", err)
+	}
+	if s.Accepting() {
+		t.Error("full spool says it is accepting")
+	}
+	if seq, _ := s.Tail(); seq != 3 {
+		t.Errorf("tail = %d after refused append, want 3", seq)
+	}
+}
+
+func TestSpoolGroupCommit(t *testing.T) {
+	s, err := OpenSpool(t.TempDir(), 1<<30, SpoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const writers, each = 16, 50
+	var mu sync.Mutex
+	var next uint64
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				mu.Lock()
+				next++
+				seq := next
+				err := s.Append(testRecord(seq), "")
+				mu.Unlock()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := s.Sync(context.Background(), seq); err != nil {
+					t.Error(err)
+					return
+				}
+				if d := s.Stats().Durable; d < seq {
+					t.Errorf("Sync(%d) returned with durable = %d", seq, d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.Stats()
+	if st.Records != writers*each {
+		t.Errorf("records written = %d, want %d", st.Records, writers*each)
+	}
+	t.Logf("group commit: %d records in %d commits (%.1f per fsync)", st.Records, st.Commits, float64(st.Records)/float64(st.Commits))
+	got := readAll(t, s)
+	sorted := sort.SliceIsSorted(got, func(i, j int) bool { return got[i] < got[j] })
+	if len(got) != writers*each || !sorted {
+		t.Errorf("read %d records (sorted %v), want %d in order", len(got), sorted, writers*each)
+	}
+}
+
+func TestSpoolSecondOpenRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(dir, 1<<20, SpoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s2, err := OpenSpool(dir, 1<<20, SpoolOptions{}); err == nil {
+		s2.Close()
+		t.Error("a second OpenSpool of the same directory succeeded")
+	}
+}
