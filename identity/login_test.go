@@ -3,6 +3,7 @@ package identity
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -321,9 +322,16 @@ func TestLoginRdValidation(t *testing.T) {
 }
 
 func TestProviderDownAnswers503AndRecovers(t *testing.T) {
-	idp := idtest.NewProvider(t)
+	// Reserve an address, configure it, and start the provider only later.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
 	h := newHarness(t, func(c *Config, _ *AssertionConfig, _ *Options) {
-		c.Providers[0].Issuer = "http://127.0.0.1:1/oidc" // nothing listens on port 1
+		c.Providers[0].Issuer = "http://" + addr + "/oidc"
+		c.Providers[0].ClientID, c.Providers[0].ClientSecret = "late-client", "late-secret"
 	})
 	start := time.Now()
 	resp := h.get(h.noFollow(h.client), h.url(extHost, PathLogin+"?rd=/x"))
@@ -341,9 +349,12 @@ func TestProviderDownAnswers503AndRecovers(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), PathLogin) {
 		t.Errorf("StartLogin while down: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	// Repoint at a live provider (as a reload would) and let the backoff pass.
-	p := h.a.providers[0]
-	p.cfg.Issuer, p.cfg.ClientID, p.cfg.ClientSecret = idp.Issuer, idp.ClientID, idp.ClientSecret
+	// The provider comes up; once the backoff has passed, sign-in works.
+	idp := idtest.NewProviderWith(t, idtest.Settings{Addr: addr, ClientID: "late-client", ClientSecret: "late-secret"})
+	resp = h.get(h.noFollow(h.client), h.url(extHost, PathLogin+"?rd=/x"))
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("within the backoff: %d, want 503 without hammering the provider", resp.StatusCode)
+	}
 	h.clock.Advance(2 * time.Minute)
 	resp = h.get(h.noFollow(h.client), h.url(extHost, PathLogin+"?rd=/x"))
 	if resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), idp.Issuer) {

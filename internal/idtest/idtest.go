@@ -35,6 +35,7 @@ type Provider struct {
 	mu         sync.Mutex
 	authorize  []url.Values
 	endSession []url.Values
+	jwks       int
 	noEnd      bool
 }
 
@@ -44,9 +45,34 @@ type Provider struct {
 // post_logout_redirect_uri with the state it was given.
 func NewProvider(t testing.TB) *Provider {
 	t.Helper()
+	return NewProviderWith(t, Settings{})
+}
+
+// Settings fix what NewProvider otherwise picks at random.
+type Settings struct {
+	// Addr to listen on (default 127.0.0.1:0). A test can reserve an
+	// address, configure Portcullis with it while nothing listens, and
+	// start the provider later to model an outage.
+	Addr string
+	// ClientID and ClientSecret default to random values.
+	ClientID, ClientSecret string
+}
+
+// NewProviderWith is NewProvider with Settings.
+func NewProviderWith(t testing.TB, s Settings) *Provider {
+	t.Helper()
 	m, err := mockoidc.NewServer(nil)
 	if err != nil {
 		t.Fatalf("idtest: mockoidc: %v", err)
+	}
+	if s.ClientID != "" {
+		m.ClientID = s.ClientID
+	}
+	if s.ClientSecret != "" {
+		m.ClientSecret = s.ClientSecret
+	}
+	if s.Addr == "" {
+		s.Addr = "127.0.0.1:0"
 	}
 	p := &Provider{Mock: m}
 	end := httptest.NewServer(http.HandlerFunc(p.serveEndSession))
@@ -55,7 +81,7 @@ func NewProvider(t testing.TB) *Provider {
 	if err := m.AddMiddleware(p.middleware); err != nil {
 		t.Fatalf("idtest: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		t.Fatalf("idtest: listen: %v", err)
 	}
@@ -79,6 +105,10 @@ func (p *Provider) DisableEndSession() {
 func (p *Provider) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case mockoidc.JWKSEndpoint:
+			p.mu.Lock()
+			p.jwks++
+			p.mu.Unlock()
 		case mockoidc.AuthorizationEndpoint:
 			_ = r.ParseForm()
 			p.mu.Lock()
@@ -150,6 +180,13 @@ func (p *Provider) AuthorizeRequests() []url.Values {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]url.Values(nil), p.authorize...)
+}
+
+// JWKSRequests counts the requests for the provider's key set.
+func (p *Provider) JWKSRequests() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.jwks
 }
 
 // EndSessionRequests returns the query of every end-session request.
