@@ -19,32 +19,41 @@ import (
 //
 // Broker-side de-duplication remembers, per producer name, the highest
 // sequence id it has persisted, and drops a message (or a whole batch) whose
-// sequence id is not above it. pulsar-client-go (v0.19.0) gives a batch the
-// sequence id of its FIRST message and never sends highest_sequence_id, so
-// with the client's ordinary batching the broker's watermark is the lowest
-// id of the last batch, and a replay of the rest of that batch after a crash
-// is stored twice (pulsar-client-go #1395, #1407). The sink therefore shapes
-// the batches itself while still letting the client build them:
+// sequence id is not above it. Two facts of pulsar-client-go v0.19.0 shape
+// this sink:
+//
+//   - A batch carries the sequence id of its FIRST message and no
+//     highest_sequence_id, so with the client's ordinary batching the
+//     broker's watermark is the lowest id of the last batch, and a replay of
+//     the rest of that batch is stored twice (pulsar-client-go #1395, #1407).
+//   - Producer.LastSequenceID() is -1 until the producer's first
+//     acknowledgement: the broker's watermark sent on connect is not exposed.
+//
+// So the sink never needs to know the watermark in advance:
 //
 //   - every event is one message (key = subject, event time = event time,
-//     payload = the event JSON);
-//   - events are sent in chunks of at most BatchMessages events; the first
-//     message of a chunk carries the chunk's HIGHEST seq as its sequence id,
-//     so the broker's batch id, its de-duplication check and its persisted
-//     watermark all use the highest seq in the batch;
-//   - chunk boundaries are exactly the client's batch boundaries: the
-//     producer's BatchingMaxMessages equals the chunk size (the client cuts a
-//     batch when the next message does not fit), the batching timer is
-//     effectively off, byte budgets stay far below BatchingMaxSize, and a
-//     chunk cut short (end of a Publish, byte budget) is flushed explicitly;
-//   - events at or below the watermark (LastSequenceID of a new producer, or
-//     the last acknowledged seq) are skipped before sending;
-//   - after any failure the producer is closed without flushing and a new one
-//     is created, so that the broker's watermark, not the client's memory,
-//     decides what is sent again.
+//     payload = the event JSON, sequence id = Seq);
+//   - a new producer session starts UNBATCHED: the first Publish after a
+//     (re)connect sends each event as its own message, and the broker drops
+//     exactly those at or below its watermark, one by one;
+//   - once that Publish is acknowledged, every event up to its last Seq is
+//     known to be stored, the sink switches to a batching producer (same
+//     name) and skips events at or below that Seq from then on;
+//   - batches are shaped by the sink: at most BatchMessages events, and the
+//     first message of a batch carries the batch's HIGHEST Seq, so that the
+//     broker's batch id, its de-duplication check and its watermark cover the
+//     whole batch. Batch boundaries are exactly the client's: the producer's
+//     BatchingMaxMessages equals the batch size (the client cuts a batch when
+//     the next message does not fit), the batching timer is effectively off,
+//     byte budgets stay far below BatchingMaxSize, and a batch cut short (end
+//     of a Publish, byte budget) is flushed explicitly. The client's own
+//     resend after a reconnect repeats identical batches, which the broker
+//     drops whole or stores whole;
+//   - after any failure the producer is closed without flushing, and the next
+//     session starts unbatched again.
 //
-// The test TestPulsarSinkReplayDeduplicates replays overlapping batches
-// through new sink instances and counts the messages in the topic.
+// TestPulsarSinkReplayDeduplicates replays overlapping batches through new
+// sink instances and counts the messages in the topic.
 
 // PulsarOptions tunes the Pulsar sink and source beyond what the
 // configuration file says. The zero value works for a source; a sink needs
@@ -141,7 +150,7 @@ const (
 
 // PulsarSink publishes events to a Pulsar topic, one message per event, with
 // broker de-duplication making re-delivery harmless (see the design note
-// above). It implements Sink; Publish is meant to be called from one
+// above). It implements EncodedSink; Publish and PublishEncoded are meant to be called from one
 // goroutine at a time (Status and Close may be called concurrently).
 type PulsarSink struct {
 	opts     PulsarOptions
@@ -161,7 +170,9 @@ type PulsarSink struct {
 	producer   pulsar.Producer
 	retired    []pulsar.Producer // closed by the connector before it creates a new producer
 	connecting chan struct{}     // closed when the running connection attempt settles
-	acked      int64             // highest seq the broker holds for this producer name
+	batched    bool              // the producer batches (the watermark is known)
+	wantBatch  bool              // the next producer should batch
+	acked      int64             // every seq up to this one is stored (-1: unknown)
 	lastErr    error
 
 	// noSkip makes Publish send events at or below the watermark too; tests
@@ -173,7 +184,7 @@ type PulsarSink struct {
 	detail       atomic.Value // string
 }
 
-var _ Sink = (*PulsarSink)(nil)
+var _ EncodedSink = (*PulsarSink)(nil)
 
 // NewPulsarSink creates the Pulsar client and starts connecting the producer
 // "portcullis-audit-<opts.Instance>" to cfg.Topic. It waits for the first
@@ -231,18 +242,33 @@ func NewPulsarSink(ctx context.Context, cfg PulsarConfig, opts PulsarOptions) (*
 	return s, nil
 }
 
-// Publish sends every event of batch whose Seq is above what the broker
-// already holds for this instance, and returns nil once all of them are
-// acknowledged. Events must come in increasing Seq order (the spool's
-// order). On error nothing about the batch is assumed: the caller retries the
-// whole batch, and the events the broker already stored are skipped or
-// de-duplicated. Publish waits for a producer while the broker is down, but
-// never past ctx.
+// Publish is PublishEncoded for events not yet encoded: each event is
+// encoded with encoding/json (the canonical encoding of chain.go).
 func (s *PulsarSink) Publish(ctx context.Context, batch []*Event) error {
+	encoded := make([]Encoded, len(batch))
+	for i, ev := range batch {
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("audit: pulsar: encode event %s: %w", ev.ID, err)
+		}
+		encoded[i] = Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data}
+	}
+	return s.PublishEncoded(ctx, encoded)
+}
+
+// PublishEncoded sends every event of batch whose Seq is above what the
+// broker already holds for this instance, each as one message with the
+// payload batch[i].Data, and returns nil once all of them are acknowledged.
+// Events must come in increasing Seq order (the spool's order). On error
+// nothing about the batch is assumed: the caller retries the whole batch,
+// and the events the broker already stored are skipped or de-duplicated.
+// PublishEncoded waits for a producer while the broker is down, but never
+// past ctx.
+func (s *PulsarSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	p, err := s.awaitProducer(ctx)
+	p, batched, err := s.awaitProducer(ctx)
 	if err != nil {
 		return err
 	}
@@ -257,19 +283,18 @@ func (s *PulsarSink) Publish(ctx context.Context, batch []*Event) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	encoded := make([]Encoded, len(todo))
-	for i, ev := range todo {
-		if i > 0 && ev.Seq <= todo[i-1].Seq {
-			return fmt.Errorf("audit: pulsar: batch out of order: seq %d after %d", ev.Seq, todo[i-1].Seq)
+	for i := 1; i < len(todo); i++ {
+		if todo[i].Seq <= todo[i-1].Seq {
+			return fmt.Errorf("audit: pulsar: batch out of order: seq %d after %d", todo[i].Seq, todo[i-1].Seq)
 		}
-		data, err := json.Marshal(ev)
-		if err != nil {
-			return fmt.Errorf("audit: pulsar: encode event %s: %w", ev.ID, err)
-		}
-		encoded[i] = Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data}
 	}
-	if err := s.send(ctx, p, encoded); err != nil {
-		s.retire(p, err)
+	if batched {
+		err = s.sendBatched(ctx, p, todo)
+	} else {
+		err = s.sendSingly(ctx, p, todo)
+	}
+	if err != nil {
+		s.retire(p, false, err)
 		return err
 	}
 	s.mu.Lock()
@@ -278,12 +303,43 @@ func (s *PulsarSink) Publish(ctx context.Context, batch []*Event) error {
 	}
 	s.mu.Unlock()
 	s.setLive()
+	if !batched {
+		// The broker now holds everything up to acked: batch from here on.
+		s.retire(p, true, nil)
+	}
 	return nil
 }
 
-// send publishes events in chunks (see the design note) and waits for every
-// acknowledgement.
-func (s *PulsarSink) send(ctx context.Context, p pulsar.Producer, events []Encoded) error {
+// sendSingly publishes each event as an unbatched message with sequence id
+// Seq and waits for every acknowledgement; the broker drops those it
+// already holds.
+func (s *PulsarSink) sendSingly(ctx context.Context, p pulsar.Producer, events []Encoded) error {
+	w := newAckWaiter(len(events))
+	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
+	defer s.waitingSince.Store(0)
+	for i := range events {
+		ev := &events[i]
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("audit: pulsar: publish: %w", err)
+		}
+		seq := int64(ev.Seq)
+		p.SendAsync(ctx, &pulsar.ProducerMessage{Payload: ev.Data, Key: ev.Key, EventTime: ev.Time, SequenceID: &seq}, w.callback)
+		if err := w.failed(); err != nil {
+			return fmt.Errorf("audit: pulsar: publish: %w", err)
+		}
+	}
+	if err := p.FlushWithCtx(ctx); err != nil {
+		return fmt.Errorf("audit: pulsar: flush: %w", err)
+	}
+	if err := w.wait(ctx); err != nil {
+		return fmt.Errorf("audit: pulsar: publish: %w", err)
+	}
+	return nil
+}
+
+// sendBatched publishes events in batches shaped as the design note says
+// and waits for every acknowledgement.
+func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events []Encoded) error {
 	w := newAckWaiter(len(events))
 	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
 	defer s.waitingSince.Store(0)
@@ -421,18 +477,18 @@ func (s *PulsarSink) Close() error {
 
 // awaitProducer returns the connected producer, starting or waiting for a
 // connection attempt as needed, until ctx is done or the sink is closed.
-func (s *PulsarSink) awaitProducer(ctx context.Context) (pulsar.Producer, error) {
+func (s *PulsarSink) awaitProducer(ctx context.Context) (pulsar.Producer, bool, error) {
 	for {
 		select {
 		case <-s.closed:
-			return nil, fmt.Errorf("audit: pulsar: %w", ErrClosed)
+			return nil, false, fmt.Errorf("audit: pulsar: %w", ErrClosed)
 		default:
 		}
 		s.mu.Lock()
 		if s.producer != nil {
-			p := s.producer
+			p, batched := s.producer, s.batched
 			s.mu.Unlock()
-			return p, nil
+			return p, batched, nil
 		}
 		s.mu.Unlock()
 		ch := s.startConnect()
@@ -443,11 +499,11 @@ func (s *PulsarSink) awaitProducer(ctx context.Context) (pulsar.Producer, error)
 			last := s.lastErr
 			s.mu.Unlock()
 			if last != nil {
-				return nil, fmt.Errorf("audit: pulsar: no producer (%v): %w", last, ctx.Err())
+				return nil, false, fmt.Errorf("audit: pulsar: no producer (%v): %w", last, ctx.Err())
 			}
-			return nil, fmt.Errorf("audit: pulsar: no producer: %w", ctx.Err())
+			return nil, false, fmt.Errorf("audit: pulsar: no producer: %w", ctx.Err())
 		case <-s.closed:
-			return nil, fmt.Errorf("audit: pulsar: %w", ErrClosed)
+			return nil, false, fmt.Errorf("audit: pulsar: %w", ErrClosed)
 		}
 	}
 }
@@ -494,19 +550,19 @@ func (s *PulsarSink) connect(ch chan struct{}) {
 		for _, p := range retired {
 			p.Close()
 		}
-		p, err := s.createProducer()
+		s.mu.Lock()
+		batched := s.wantBatch
+		s.mu.Unlock()
+		p, err := s.createProducer(batched)
 		s.firstOnce.Do(func() { close(s.firstAttempt) })
 		if err == nil {
 			s.mu.Lock()
-			s.producer = p
-			if last := p.LastSequenceID(); last > s.acked {
-				s.acked = last
-			}
+			s.producer, s.batched = p, batched
 			acked := s.acked
 			s.lastErr = nil
 			s.mu.Unlock()
 			s.setLive()
-			s.log.Info("audit: pulsar producer connected", "last_sequence_id", acked, "attempts", attempt+1)
+			s.log.Debug("audit: pulsar producer connected", "batching", batched, "acked_seq", acked, "attempts", attempt+1)
 			settle()
 			return
 		}
@@ -526,7 +582,7 @@ func (s *PulsarSink) connect(ch chan struct{}) {
 	}
 }
 
-func (s *PulsarSink) createProducer() (pulsar.Producer, error) {
+func (s *PulsarSink) createProducer(batched bool) (pulsar.Producer, error) {
 	partitions, err := s.client.TopicPartitions(s.topic)
 	if err != nil {
 		return nil, fmt.Errorf("audit: pulsar: look up topic: %w", err)
@@ -534,25 +590,31 @@ func (s *PulsarSink) createProducer() (pulsar.Producer, error) {
 	if len(partitions) != 1 {
 		return nil, fmt.Errorf("audit: pulsar: topic %s has %d partitions; the audit topic must not be partitioned", s.topic, len(partitions))
 	}
-	p, err := s.client.CreateProducer(s.prodOpts)
+	opts := s.prodOpts
+	opts.DisableBatching = !batched
+	p, err := s.client.CreateProducer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("audit: pulsar: create producer: %w", err)
 	}
 	return p, nil
 }
 
-// retire takes p out of use after a failure: it is closed (without flushing
-// what is left in its batch) before the next producer is created, and the
-// next producer's LastSequenceID tells what the broker really holds.
-func (s *PulsarSink) retire(p pulsar.Producer, cause error) {
+// retire takes p out of use and starts connecting its successor; p is
+// closed (without flushing what is left in its batch) before the successor is
+// created. After a success (upgrade) the successor batches; after a failure
+// it starts unbatched, because only the broker knows what it holds.
+func (s *PulsarSink) retire(p pulsar.Producer, upgrade bool, cause error) {
 	s.mu.Lock()
 	if s.producer == p {
 		s.producer = nil
 		s.retired = append(s.retired, p)
 	}
+	s.wantBatch = upgrade
 	s.mu.Unlock()
-	s.setNotLive(cause.Error())
-	s.log.Warn("audit: pulsar publish failed; reconnecting", "err", cause)
+	if cause != nil {
+		s.setNotLive(cause.Error())
+		s.log.Warn("audit: pulsar publish failed; reconnecting", "err", cause)
+	}
 	s.startConnect()
 }
 

@@ -110,6 +110,7 @@ func publishAll(t testing.TB, s *PulsarSink, evs []*Event) {
 
 // rawMessage is what a plain reader sees in the topic.
 type rawMessage struct {
+	batchSize int32 // messages in the broker entry (0: not batched)
 	key       string
 	eventTime time.Time
 	payload   []byte
@@ -139,7 +140,7 @@ func readTopic(t testing.TB, brokerURL, topic string) []rawMessage {
 		if err != nil {
 			t.Fatalf("read %s: %v", topic, err)
 		}
-		m := rawMessage{key: msg.Key(), eventTime: msg.EventTime(), payload: msg.Payload()}
+		m := rawMessage{batchSize: msg.ID().BatchSize(), key: msg.Key(), eventTime: msg.EventTime(), payload: msg.Payload()}
 		if err := json.Unmarshal(m.payload, &m.event); err != nil {
 			t.Fatalf("message %s: %v", msg.ID(), err)
 		}
@@ -237,38 +238,73 @@ func TestPulsarSinkReplayDeduplicates(t *testing.T) {
 	all := pulsarTestEvents(instance, 1, 4000, start, time.Millisecond)
 	span := func(from, to uint64) []*Event { return all[from-1 : to] }
 
-	// Each step publishes through a NEW sink instance with the same
-	// instance id, as a restarted proxy replaying its spool would; noSkip
-	// turns off the sink's own skipping so that only the broker's
-	// de-duplication stands between a replay and a duplicate.
+	// A step publishes through a NEW sink instance with the same instance
+	// id, as a restarted proxy replaying its spool would, unless same is
+	// set. noSkip turns off the sink's own skipping so that only the
+	// broker's de-duplication stands between a replay and a duplicate.
 	type step struct {
-		from, to uint64
-		noSkip   bool
+		from, to     uint64
+		same, noSkip bool
 	}
 	tests := []struct {
 		name   string
 		steps  []step
 		wantTo uint64
 	}{
-		{"exact replay", []step{{1, 2500, false}, {1, 2500, false}}, 2500},
-		{"overlapping replays", []step{{1, 1700, false}, {1200, 3100, false}, {1, 100, false}, {3000, 4000, false}, {2999, 3001, false}}, 4000},
-		{"replay inside one broker batch", []step{{1, 1500, false}, {1001, 1499, false}, {1400, 2200, false}}, 2200},
-		{"broker drops re-sent batches", []step{{1, 2500, false}, {1, 2500, true}, {1001, 2000, true}, {2001, 2500, true}, {2501, 2600, false}}, 2600},
+		{"exact replay", []step{{from: 1, to: 2500}, {from: 1, to: 2500}}, 2500},
+		{"overlapping replays", []step{{from: 1, to: 1700}, {from: 1200, to: 3100}, {from: 1, to: 100}, {from: 3000, to: 4000}, {from: 2999, to: 3001}}, 4000},
+		{"replay inside one broker batch", []step{{from: 1, to: 10}, {from: 11, to: 1500, same: true}, {from: 1001, to: 1499}, {from: 1400, to: 2200}}, 2200},
+		{"replay after batched publishing", []step{{from: 1, to: 10}, {from: 11, to: 1700, same: true}, {from: 1701, to: 2345, same: true}, {from: 5, to: 3000}}, 3000},
+		{"broker drops re-sent batches", []step{{from: 1, to: 10}, {from: 11, to: 2500, same: true}, {from: 1, to: 2500, same: true, noSkip: true},
+			{from: 1001, to: 2000, same: true, noSkip: true}, {from: 1, to: 2500, noSkip: true}, {from: 2501, to: 2600, same: true}}, 2600},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			topic := pulsartest.NewTopic(t, adminURL)
 			cfg := PulsarConfig{URL: brokerURL, Topic: topic}
+			var s *PulsarSink
 			for _, st := range tt.steps {
-				s := newTestPulsarSink(t, cfg, pulsarTestOptions(t, instance))
+				if !st.same {
+					if s != nil {
+						s.Close()
+					}
+					s = newTestPulsarSink(t, cfg, pulsarTestOptions(t, instance))
+				}
 				s.noSkip = st.noSkip
 				publishAll(t, s, span(st.from, st.to))
-				if err := s.Close(); err != nil {
-					t.Fatal(err)
-				}
 			}
+			s.Close()
 			checkExactlyOnce(t, readTopic(t, brokerURL, topic), instance, 1, tt.wantTo)
 		})
+	}
+}
+
+// TestPulsarSinkBatchShape checks the batches the broker stores: the first
+// Publish of a producer session goes unbatched, later ones in batches of
+// BatchMessages events cut where the sink cut them.
+func TestPulsarSinkBatchShape(t *testing.T) {
+	brokerURL, adminURL := pulsartest.Require(t)
+	topic := pulsartest.NewTopic(t, adminURL)
+	const instance = "portcullis-b1"
+	opts := pulsarTestOptions(t, instance)
+	opts.BatchMessages = 100
+	s := newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, opts)
+	defer s.Close()
+	all := pulsarTestEvents(instance, 1, 400, time.Now().Add(-time.Hour), time.Millisecond)
+	publishAll(t, s, all[:5])    // unbatched
+	publishAll(t, s, all[5:255]) // 100, 100, 50
+	publishAll(t, s, all[255:])  // 100, 45
+	msgs := readTopic(t, brokerURL, topic)
+	checkExactlyOnce(t, msgs, instance, 1, 400)
+	var got []int32
+	for i := 0; i < len(msgs); {
+		n := max(msgs[i].batchSize, 1) // a lone message reports 0 or 1
+		got = append(got, n)
+		i += int(n)
+	}
+	want := []int32{1, 1, 1, 1, 1, 100, 100, 50, 100, 45}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("broker entries hold %v messages, want %v", got, want)
 	}
 }
 

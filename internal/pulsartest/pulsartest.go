@@ -13,10 +13,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -140,4 +143,141 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// Broker is a private standalone broker started by StartPrivateBroker. A
+// test may Stop and Start it again (its data survives); it is stopped when
+// the test ends.
+type Broker struct {
+	// URL is the binary-protocol service URL, AdminURL the HTTP admin URL.
+	URL, AdminURL string
+
+	t      testing.TB
+	script string
+	env    []string
+}
+
+// PrivateBrokerOptions chooses the private broker's loopback ports. Zero
+// values take 26650 (binary), 28080 (web) and 23181 (bookie), which differ
+// from the shared broker's.
+type PrivateBrokerOptions struct {
+	BrokerPort, WebPort, BookiePort int
+	// Topics are created (with de-duplication and infinite retention) once
+	// the broker is healthy.
+	Topics []string
+}
+
+// StartPrivateBroker starts a broker of the test's own with
+// deploy/pulsar/pulsar-standalone.sh, in a temporary run directory, in test
+// mode (no journal fsync), and waits until it is healthy (up to 3 minutes).
+// When the script cannot run (no Java, no Maven), the test fails under
+// CI=true and is skipped otherwise.
+func StartPrivateBroker(t testing.TB, opts PrivateBrokerOptions) *Broker {
+	t.Helper()
+	if opts.BrokerPort == 0 {
+		opts.BrokerPort = 26650
+	}
+	if opts.WebPort == 0 {
+		opts.WebPort = 28080
+	}
+	if opts.BookiePort == 0 {
+		opts.BookiePort = 23181
+	}
+	script, err := findScript()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Broker{
+		URL:      fmt.Sprintf("pulsar://127.0.0.1:%d", opts.BrokerPort),
+		AdminURL: fmt.Sprintf("http://127.0.0.1:%d", opts.WebPort),
+		t:        t,
+		script:   script,
+		env: append(os.Environ(),
+			fmt.Sprintf("PULSAR_BROKER_PORT=%d", opts.BrokerPort),
+			fmt.Sprintf("PULSAR_WEB_PORT=%d", opts.WebPort),
+			fmt.Sprintf("PULSAR_BOOKIE_PORT=%d", opts.BookiePort),
+			"PULSAR_RUN_DIR="+t.TempDir(),
+			"PULSAR_TEST_MODE=1",
+			"PULSAR_HEAP=512m",
+			"PULSAR_START_TIMEOUT=180",
+			"PULSAR_STOP_TIMEOUT=30",
+			"PULSAR_TOPIC="+firstOr(opts.Topics, "persistent://public/default/portcullis-audit"),
+			"PULSAR_EXTRA_TOPICS="+strings.Join(rest(opts.Topics), " "),
+		),
+	}
+	if err := Healthy(context.Background(), b.AdminURL); err == nil {
+		t.Fatalf("a broker already answers on %s; stop it or choose other ports", b.AdminURL)
+	}
+	t.Cleanup(func() {
+		if err := b.Stop(); err != nil {
+			t.Errorf("stopping the private broker: %v", err)
+		}
+	})
+	if err := b.Start(); err != nil {
+		msg := fmt.Sprintf("private pulsar broker: %v", err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return b
+}
+
+// Start starts the broker (again) and waits until it is healthy and its
+// topics exist.
+func (b *Broker) Start() error {
+	return b.run("start")
+}
+
+// Stop stops the broker (SIGTERM, then SIGKILL after 30s) and waits until
+// it has exited.
+func (b *Broker) Stop() error {
+	return b.run("stop")
+}
+
+func (b *Broker) run(verb string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", b.script, verb)
+	cmd.Env = b.env
+	out, err := cmd.CombinedOutput()
+	b.t.Logf("pulsar-standalone.sh %s:\n%s", verb, strings.TrimSpace(string(out)))
+	if err != nil {
+		return fmt.Errorf("pulsar-standalone.sh %s: %w", verb, err)
+	}
+	return nil
+}
+
+// findScript looks for deploy/pulsar/pulsar-standalone.sh in the working
+// directory and its parents (tests run in their package's directory).
+func findScript() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		p := filepath.Join(dir, "deploy", "pulsar", "pulsar-standalone.sh")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("pulsartest: deploy/pulsar/pulsar-standalone.sh not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
+
+func rest(s []string) []string {
+	if len(s) > 1 {
+		return s[1:]
+	}
+	return nil
 }
