@@ -30,12 +30,12 @@ allow if lib.is_admin
 reason := data.settings.motd
 `,
 		"routes/app_test.rego": "package t.app_test\n\nthis is not rego at all",
-		"lib/lib.rego":          "package t.lib\n\nis_admin if \"admins\" in input.user.groups\n",
-		"teams/app/data.json":   `{"members": ["alice"]}`,
-		"data.yaml":             "settings:\n  motd: hello from yaml\n",
-		".hidden/broken.rego":   "this is not rego",
-		"#lock.rego":            "this is not rego",
-		"notes/other.json":      "not json and ignored: only data.json and data.yaml are data",
+		"lib/lib.rego":         "package t.lib\n\nis_admin if \"admins\" in input.user.groups\n",
+		"teams/app/data.json":  `{"members": ["alice"]}`,
+		"data.yaml":            "settings:\n  motd: hello from yaml\n",
+		".hidden/broken.rego":  "this is not rego",
+		"#lock.rego":           "this is not rego",
+		"notes/other.json":     "not json and ignored: only data.json and data.yaml are data",
 	})
 	s := mustLoad(t, dir, LoadOptions{})
 	if got, want := s.Files(), []string{"data.yaml", "lib/lib.rego", "routes/app.rego", "teams/app/data.json"}; !slices.Equal(got, want) {
