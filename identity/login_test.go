@@ -476,3 +476,46 @@ func sha256b64(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
+
+func TestLogoutOnHostOutsideCookieDomainEndsCentralSession(t *testing.T) {
+	h := newHarness(t)
+	h.idp.DisableEndSession()
+	h.idp.QueueUser("bob", "bob@example.test", nil)
+	h.login(h.client, h.url(farHost, "/"))
+	if len(h.sessionCookies(h.client, farHost)) != 1 || len(h.sessionCookies(h.client, extHost)) != 1 {
+		t.Fatal("expected sessions on the far host and on external_url's host")
+	}
+	nf := h.noFollow(h.client)
+	resp := h.get(nf, h.url(farHost, PathLogout+"?rd=/bye"))
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusFound || loc.Hostname() != extHost || loc.Path != PathLogout || loc.Query().Get("rd") != h.url(farHost, "/bye") {
+		t.Fatalf("far logout: %d to %s, want external_url's logout with an absolute rd", resp.StatusCode, loc)
+	}
+	resp = h.get(nf, loc.String())
+	if got := resp.Header.Get("Location"); got != h.url(farHost, "/bye") {
+		t.Errorf("central logout sent to %q, want back to the far host", got)
+	}
+	if n := len(h.sessionCookies(h.client, farHost)) + len(h.sessionCookies(h.client, extHost)); n != 0 {
+		t.Errorf("%d session cookies left after logout", n)
+	}
+}
+
+func TestOwnsPathAndUnknownPaths(t *testing.T) {
+	h := newHarness(t)
+	for path, want := range map[string]bool{
+		PathLogin: true, PathCallback: true, PathLogout: true, PathMe: true, PathJWKS: true,
+		"/.portcullis/other": true, "/.well-known/other": false, "/": false, "/login": false,
+	} {
+		if got := h.a.OwnsPath(path); got != want {
+			t.Errorf("OwnsPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+	resp := h.get(h.client, h.url(appHost, "/.portcullis/nothing"))
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("unknown /.portcullis/ path = %d, want 404", resp.StatusCode)
+	}
+	resp = h.get(h.client, h.url(appHost, PathJWKS))
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "public, max-age=300" {
+		t.Errorf("jwks: %d cache %q", resp.StatusCode, resp.Header.Get("Cache-Control"))
+	}
+}
