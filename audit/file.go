@@ -1,0 +1,503 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// FileSink writes events as JSON Lines (one event per line, exactly the
+// spool's encoding) to cfg.Path, fsyncs after every batch, and rotates the
+// file when the next batch would pass cfg.MaxBytes: Path becomes Path.1,
+// Path.1 becomes Path.2, ..., and files beyond cfg.MaxFiles are deleted.
+//
+// Re-delivery is suppressed: the sink remembers the instance and seq of
+// the last line it holds (read back from the file when it opens) and skips
+// events of that instance at or below it. A line torn by a crash (no final
+// newline) is cut off when the sink opens; the spool delivers it again.
+//
+// Publish and PublishEncoded are called from one goroutine; Status and
+// Close are safe to call concurrently with them.
+type FileSink struct {
+	path     string
+	maxBytes int64
+	maxFiles int
+	log      *slog.Logger
+
+	mu       sync.Mutex
+	f        *os.File
+	size     int64
+	lastInst string
+	lastSeq  uint64
+	err      error
+	closed   bool
+	buf      []byte
+}
+
+var _ EncodedSink = (*FileSink)(nil)
+
+// FileSinkOptions tunes a FileSink.
+type FileSinkOptions struct {
+	Logger *slog.Logger
+}
+
+// NewFileSink opens (creating) the live file of cfg (after SetDefaults).
+func NewFileSink(cfg FileConfig, opts FileSinkOptions) (*FileSink, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Path == "" {
+		return nil, errors.New("audit: file sink: no path")
+	}
+	s := &FileSink{
+		path: cfg.Path, maxBytes: int64(cfg.MaxBytes), maxFiles: max(cfg.MaxFiles, 1),
+		log: opts.Logger.With("component", "audit.file", "path", cfg.Path),
+	}
+	if s.maxBytes <= 0 {
+		s.maxBytes = DefaultFileMaxBytes
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("audit: file sink: %w", err)
+	}
+	if err := s.open(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// open opens the live file for appending, cutting off a torn last line and
+// remembering the last event it holds.
+func (s *FileSink) open() error {
+	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	size, last, err := lastLine(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	if cut := fi.Size() - size; cut > 0 {
+		s.log.Warn("audit: cutting off a torn last line (the spool delivers it again)", "bytes", cut)
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			return fmt.Errorf("audit: file sink: %w", err)
+		}
+	}
+	if _, err := f.Seek(size, io.SeekStart); err != nil {
+		f.Close()
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	if last != nil {
+		var h struct {
+			Instance string `json:"instance"`
+			Seq      uint64 `json:"seq"`
+		}
+		if json.Unmarshal(last, &h) == nil {
+			s.lastInst, s.lastSeq = h.Instance, h.Seq
+		}
+	}
+	s.f, s.size = f, size
+	return nil
+}
+
+// lastLine returns the length of f up to and including its last newline,
+// and the last complete line (without newline; nil when there is none).
+func lastLine(f *os.File) (int64, []byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, nil, err
+	}
+	end := fi.Size()
+	const chunk = 64 << 10
+	var tail []byte
+	for off := end; off > 0; {
+		n := min(int64(chunk), off)
+		off -= n
+		b := make([]byte, n)
+		if _, err := f.ReadAt(b, off); err != nil {
+			return 0, nil, err
+		}
+		tail = append(b, tail...)
+		// Find the last newline, then the one before it.
+		i := bytes.LastIndexByte(tail, '\n')
+		if i < 0 {
+			continue
+		}
+		complete := off + int64(i) + 1
+		j := bytes.LastIndexByte(tail[:i], '\n')
+		if j < 0 && off > 0 {
+			continue
+		}
+		return complete, tail[j+1 : i], nil
+	}
+	return 0, nil, nil
+}
+
+// Publish encodes events and writes them (see PublishEncoded).
+func (s *FileSink) Publish(ctx context.Context, batch []*Event) error {
+	enc := make([]Encoded, len(batch))
+	for i, ev := range batch {
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("audit: file sink: encode event %s: %w", ev.ID, err)
+		}
+		enc[i] = Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data}
+	}
+	return s.PublishEncoded(ctx, enc)
+}
+
+// PublishEncoded appends one line per event not yet in the file and
+// fsyncs; it returns nil once every line is on disk.
+func (s *FileSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("audit: file sink: %w", ErrClosed)
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	if s.lastSeq > 0 && batch[0].Seq <= s.lastSeq {
+		if inst, _ := eventHead(batch[0].Data); inst == s.lastInst {
+			i := 0
+			for i < len(batch) && batch[i].Seq <= s.lastSeq {
+				i++
+			}
+			batch = batch[i:]
+		}
+	}
+	for len(batch) > 0 {
+		s.buf = s.buf[:0]
+		n := 0
+		for n < len(batch) && (n == 0 || s.size+int64(len(s.buf)+len(batch[n].Data)+1) <= s.maxBytes) {
+			s.buf = append(s.buf, batch[n].Data...)
+			s.buf = append(s.buf, '\n')
+			n++
+		}
+		if s.size > 0 && s.size+int64(len(s.buf)) > s.maxBytes {
+			if err := s.rotate(); err != nil {
+				return s.fail(err)
+			}
+			continue // refill for the fresh file
+		}
+		if _, err := s.f.Write(s.buf); err != nil {
+			// Cut the partial write so that the retry starts clean.
+			s.f.Truncate(s.size)
+			s.f.Seek(s.size, io.SeekStart)
+			return s.fail(err)
+		}
+		if err := s.f.Sync(); err != nil {
+			return s.fail(err)
+		}
+		s.size += int64(len(s.buf))
+		last := batch[n-1]
+		s.lastSeq = last.Seq
+		s.lastInst, _ = eventHead(last.Data)
+		batch = batch[n:]
+	}
+	s.err = nil
+	return nil
+}
+
+// rotate shifts Path.N to Path.N+1 (deleting what passes MaxFiles) and
+// starts an empty live file.
+func (s *FileSink) rotate() error {
+	if err := s.f.Close(); err != nil {
+		return err
+	}
+	s.f = nil
+	for n := s.maxFiles - 1; n >= 1; n-- {
+		from := s.path
+		if n > 1 {
+			from = s.path + "." + strconv.Itoa(n-1)
+		}
+		to := s.path + "." + strconv.Itoa(n)
+		if err := os.Rename(from, to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	// The oldest file (or, with MaxFiles 1, the live one) is replaced.
+	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(s.path)); err != nil {
+		f.Close()
+		return err
+	}
+	s.f, s.size = f, 0
+	s.log.Info("audit: rotated the audit file", "keep", s.maxFiles)
+	return nil
+}
+
+func (s *FileSink) fail(err error) error {
+	s.err = err
+	if s.f == nil {
+		// A failed rotation: reopen whatever is live now.
+		if oerr := s.open(); oerr != nil {
+			s.log.Error("audit: file sink: reopening the audit file", "err", oerr)
+		}
+	}
+	return fmt.Errorf("audit: file sink: %w", err)
+}
+
+// Status is not live after a failed write, until the next one succeeds.
+func (s *FileSink) Status() SinkStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return SinkStatus{Detail: "closed"}
+	}
+	if s.err != nil {
+		return SinkStatus{Detail: s.err.Error()}
+	}
+	return SinkStatus{Live: true}
+}
+
+// Close closes the file.
+func (s *FileSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.f == nil {
+		return nil
+	}
+	if err := s.f.Close(); err != nil {
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	return nil
+}
+
+// FileSource reads a FileSink's files back: the rotated ones oldest first
+// (Path.N ... Path.1), then the live one. Follow polls the live file and
+// follows it across rotations.
+//
+// Events come in file order, which is Seq order per instance. A line not
+// yet complete (being written) is not read until its newline arrives.
+type FileSource struct {
+	path string
+	poll time.Duration
+}
+
+var _ Source = (*FileSource)(nil)
+
+// FileSourceOptions tunes a FileSource.
+type FileSourceOptions struct {
+	// Poll is how often Follow looks for new lines (default 200ms).
+	Poll time.Duration
+}
+
+// NewFileSource reads the audit files at path (the live file's path).
+func NewFileSource(path string, opts FileSourceOptions) *FileSource {
+	if opts.Poll <= 0 {
+		opts.Poll = 200 * time.Millisecond
+	}
+	return &FileSource{path: path, poll: opts.Poll}
+}
+
+// Read calls fn for every event with Time in [f.Since, f.Until) in the
+// files as they are when Read reaches them.
+func (s *FileSource) Read(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error {
+	return s.read(ctx, f, fn, false)
+}
+
+// Follow is Read that then waits for new events until ctx is done.
+func (s *FileSource) Follow(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error {
+	return s.read(ctx, f, fn, true)
+}
+
+// Close releases nothing: files are opened per call.
+func (s *FileSource) Close() error { return nil }
+
+// rotated lists Path.N files, oldest (highest N) first.
+func (s *FileSource) rotated() ([]string, error) {
+	matches, err := filepath.Glob(s.path + ".*")
+	if err != nil {
+		return nil, fmt.Errorf("audit: file source: %w", err)
+	}
+	type numbered struct {
+		n    int
+		path string
+	}
+	var files []numbered
+	for _, m := range matches {
+		n, err := strconv.Atoi(strings.TrimPrefix(m, s.path+"."))
+		if err == nil && n > 0 {
+			files = append(files, numbered{n, m})
+		}
+	}
+	slices.SortFunc(files, func(a, b numbered) int { return b.n - a.n })
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = f.path
+	}
+	return out, nil
+}
+
+func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, error), follow bool) error {
+	files, err := s.rotated()
+	if err != nil {
+		return err
+	}
+	deliver := func(line []byte, where string) (bool, error) {
+		var ev Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return false, fmt.Errorf("audit: file source: %s: not an event: %w", where, err)
+		}
+		if !f.Since.IsZero() && ev.Time.Before(f.Since) || !f.Until.IsZero() && !ev.Time.Before(f.Until) {
+			return true, nil
+		}
+		return fn(&ev)
+	}
+	for _, path := range files {
+		t, err := openTail(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // rotated away meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		more, err := t.drain(ctx, deliver)
+		t.close()
+		if err != nil || !more {
+			return err
+		}
+	}
+	t, err := openTail(s.path)
+	if errors.Is(err, fs.ErrNotExist) && follow {
+		t = &tail{path: s.path}
+	} else if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer t.close()
+	for {
+		more, err := t.drain(ctx, deliver)
+		if err != nil || !more || !follow {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(s.poll):
+		}
+		// Rotated (a new file at path) or truncated: finish the old file
+		// (drained above, and a rename keeps it readable), then start over
+		// on the new one.
+		fi, err := os.Stat(s.path)
+		if err != nil {
+			continue
+		}
+		if t.f == nil || !os.SameFile(fi, t.info) || fi.Size() < t.off {
+			if t.f != nil {
+				if more, err := t.drain(ctx, deliver); err != nil || !more {
+					return err
+				}
+				t.close()
+			}
+			nt, err := openTail(s.path)
+			if err != nil {
+				continue
+			}
+			t = nt
+		}
+	}
+}
+
+// tail reads complete lines of one file, remembering where it stopped.
+type tail struct {
+	path  string
+	f     *os.File
+	info  os.FileInfo
+	r     *bufio.Reader
+	off   int64 // bytes consumed as complete lines
+	carry []byte
+	line  int
+}
+
+func openTail(path string) (*tail, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: file source: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: file source: %w", err)
+	}
+	return &tail{path: path, f: f, info: fi, r: bufio.NewReaderSize(f, 256<<10)}, nil
+}
+
+// drain delivers every complete line now in the file. more is false when
+// fn asked to stop.
+func (t *tail) drain(ctx context.Context, fn func([]byte, string) (bool, error)) (more bool, err error) {
+	if t.f == nil {
+		return true, nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, nil
+		}
+		chunk, err := t.r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			t.carry = append(t.carry, chunk...)
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				t.carry = append(t.carry, chunk...) // an incomplete line waits for its end
+				return true, nil
+			}
+			return false, fmt.Errorf("audit: file source: %s: %w", t.path, err)
+		}
+		line := chunk
+		if len(t.carry) > 0 {
+			t.carry = append(t.carry, chunk...)
+			line = t.carry
+		}
+		t.off += int64(len(line))
+		t.line++
+		body := bytes.TrimSpace(line)
+		t.carry = t.carry[:0]
+		if len(body) == 0 {
+			continue
+		}
+		more, err := fn(body, t.path+":"+strconv.Itoa(t.line))
+		if err != nil || !more {
+			return false, err
+		}
+	}
+}
+
+func (t *tail) close() {
+	if t.f != nil {
+		t.f.Close()
+		t.f = nil
+	}
+}
