@@ -182,7 +182,7 @@ func flipLast(s string) string {
 }
 
 func TestBearerDisabledIgnoresAuthorization(t *testing.T) {
-	h := newHarness(t, func(c *Config, _ *AssertionConfig, _ *Options) { c.Bearer = BearerConfig{} })
+	h := newHarness(t, func(h *harness) { h.cfg.Bearer = BearerConfig{} })
 	r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)
 	r.Header.Set("Authorization", "Bearer garbage")
 	if id, err := h.a.Authenticate(httptest.NewRecorder(), r); id != nil || err != nil {

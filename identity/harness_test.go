@@ -67,7 +67,7 @@ type harness struct {
 	opts   Options
 }
 
-type harnessOpt func(*Config, *AssertionConfig, *Options)
+type harnessOpt func(*harness)
 
 func newHarness(t *testing.T, mods ...harnessOpt) *harness {
 	t.Helper()
@@ -98,7 +98,7 @@ func newHarness(t *testing.T, mods ...harnessOpt) *harness {
 		},
 	}
 	for _, m := range mods {
-		m(&h.cfg, &h.acfg, &h.opts)
+		m(h)
 	}
 	h.a = h.newAuthenticator()
 	h.client = h.newClient()

@@ -7,6 +7,32 @@
 // The proxy composes an *Authenticator built by New; identity never imports
 // proxy, policy or audit. Configuration lives in Config and AssertionConfig
 // (SPEC §2); the HTTP surface is SPEC §3.
+//
+// Sign-in. A browser that needs a session is sent (StartLogin) straight to
+// the provider when the login-state cookie it gets can reach external_url's
+// host (same host, or both under session.cookie_domain) and there is one
+// provider; otherwise to external_url's /.portcullis/login, which offers a
+// provider choice when several are configured. The authorization request
+// carries PKCE (S256), state and nonce; state, nonce, the PKCE verifier and
+// the return target live only in a sealed login-state cookie (10 minutes,
+// one use). The provider's redirect URI is always external_url +
+// /.portcullis/callback. After sign-in, a return target on a host outside
+// cookie_domain receives the session through a sealed, one-time, 60-second
+// hand-over code on its own /.portcullis/callback. One-time values are
+// remembered in memory per process: with several Portcullis instances a
+// captured code could be replayed on another instance within its lifetime.
+//
+// Logout. /.portcullis/logout clears the cookie; when the provider
+// advertises end_session_endpoint it continues there with client_id,
+// id_token_hint (when the cookie kept it) and post_logout_redirect_uri =
+// external_url + /.portcullis/logout — register that URI at the provider.
+// Sessions handed over to hosts outside cookie_domain end when those hosts'
+// cookies are cleared (their own logout) or expire.
+//
+// Return targets. Only same-origin paths and https URLs on external_url's
+// host or a route host (Options.HostAllowed) are followed; see
+// returnChecker for the exact rules. A target whose path or query holds
+// "//" (for example ?next=https://...) falls back to "/" on purpose.
 package identity
 
 import (

@@ -265,7 +265,8 @@ func TestCallbackWithProviderError(t *testing.T) {
 
 func TestProviderChoicePage(t *testing.T) {
 	second := idtest.NewProvider(t)
-	h := newHarness(t, func(c *Config, _ *AssertionConfig, _ *Options) {
+	h := newHarness(t, func(h *harness) {
+		c := &h.cfg
 		c.Providers = append(c.Providers, ProviderConfig{
 			Name: "partner", Issuer: second.Issuer, ClientID: second.ClientID, ClientSecret: second.ClientSecret,
 			Scopes: []string{"openid", "email"}, GroupsClaim: "groups",
@@ -329,7 +330,8 @@ func TestProviderDownAnswers503AndRecovers(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	h := newHarness(t, func(c *Config, _ *AssertionConfig, _ *Options) {
+	h := newHarness(t, func(h *harness) {
+		c := &h.cfg
 		c.Providers[0].Issuer = "http://" + addr + "/oidc"
 		c.Providers[0].ClientID, c.Providers[0].ClientSecret = "late-client", "late-secret"
 	})
@@ -453,8 +455,7 @@ func TestLogoutWithEndSession(t *testing.T) {
 }
 
 func TestLogoutWithoutEndSession(t *testing.T) {
-	h := newHarness(t)
-	h.idp.DisableEndSession()
+	h := newHarness(t, func(h *harness) { h.idp.DisableEndSession() })
 	h.idp.QueueUser("alice", "alice@example.test", nil)
 	h.login(h.client, h.url(appHost, "/"))
 	resp := h.get(h.noFollow(h.client), h.url(appHost, PathLogout+"?rd=/bye"))
@@ -478,8 +479,7 @@ func sha256b64(s string) string {
 }
 
 func TestLogoutOnHostOutsideCookieDomainEndsCentralSession(t *testing.T) {
-	h := newHarness(t)
-	h.idp.DisableEndSession()
+	h := newHarness(t, func(h *harness) { h.idp.DisableEndSession() })
 	h.idp.QueueUser("bob", "bob@example.test", nil)
 	h.login(h.client, h.url(farHost, "/"))
 	if len(h.sessionCookies(h.client, farHost)) != 1 || len(h.sessionCookies(h.client, extHost)) != 1 {
