@@ -2,17 +2,21 @@
 # Runs a real Apache Pulsar standalone broker (broker + in-process bookie + RocksDB
 # metadata store) from Maven Central artefacts, on loopback, for Portcullis' audit trail.
 #
-# Usage: pulsar-standalone.sh start|stop|status|create-topic TOPIC|classpath
+# Usage: pulsar-standalone.sh start|stop|status|create-topic [--rest] TOPIC|classpath|log-path
 #
 #   start         resolve the classpath (cached), start the broker in the background,
 #                 wait until it is healthy, then ensure the audit topic (PULSAR_TOPIC)
 #                 and PULSAR_EXTRA_TOPICS exist with infinite retention and
-#                 de-duplication on their namespaces. Idempotent: when the broker is
-#                 already running and healthy it only ensures the topics.
+#                 de-duplication on, and PULSAR_REST_TOPICS with de-duplication off
+#                 (see below). Idempotent: when the broker is already running and
+#                 healthy it only ensures the topics.
 #   stop          stop the broker this script started (pid file) and wait for it to exit.
 #   status        exit 0 when the broker answers its health check, 1 otherwise.
-#   create-topic  ensure one topic exists (tenant, namespace, retention, dedup, topic).
+#   create-topic  ensure one topic exists (tenant, namespace, retention, dedup, topic);
+#                 --rest: the topic is written through the REST produce API, so
+#                 de-duplication is turned off for that topic only.
 #   classpath     only resolve and cache the classpath (for warming CI caches).
+#   log-path      print the path of the broker's log file.
 #
 # Environment (defaults in brackets):
 #   PULSAR_HOME           cache and state root [$HOME/.cache/portcullis-pulsar]
@@ -23,6 +27,11 @@
 #   PULSAR_BOOKIE_PORT    in-process bookie port [13181]
 #   PULSAR_TOPIC          audit topic [persistent://public/default/portcullis-audit]
 #   PULSAR_EXTRA_TOPICS   more topics to ensure, space or comma separated []
+#   PULSAR_REST_TOPICS    topics written through the REST produce API
+#                         (POST /topics/persistent/...), space or comma separated:
+#                         Pulsar 4.0's REST produce fails with NullPointerException
+#                         (errorCode 2) on a topic with de-duplication on, so these
+#                         get a topic-level deduplicationEnabled=false []
 #   PULSAR_TEST_MODE      1: journalSyncData=false (faster, not crash-safe) [0]
 #   PULSAR_START_TIMEOUT  seconds to wait for health on start [180]
 #   PULSAR_STOP_TIMEOUT   seconds to wait for exit before SIGKILL [60]
@@ -45,6 +54,7 @@ PULSAR_BOOKIE_PORT="${PULSAR_BOOKIE_PORT:-13181}"
 PULSAR_RUN_DIR="${PULSAR_RUN_DIR:-$PULSAR_HOME/run-$PULSAR_BROKER_PORT}"
 PULSAR_TOPIC="${PULSAR_TOPIC:-persistent://public/default/portcullis-audit}"
 PULSAR_EXTRA_TOPICS="${PULSAR_EXTRA_TOPICS:-}"
+PULSAR_REST_TOPICS="${PULSAR_REST_TOPICS:-}"
 PULSAR_TEST_MODE="${PULSAR_TEST_MODE:-0}"
 PULSAR_START_TIMEOUT="${PULSAR_START_TIMEOUT:-180}"
 PULSAR_STOP_TIMEOUT="${PULSAR_STOP_TIMEOUT:-60}"
@@ -144,22 +154,27 @@ healthy() {
   [[ "$code" == 200 ]]
 }
 
+# write_conf copies standalone.conf into the run directory with the per-run keys
+# replaced. Keys must not repeat: the bookie reads the file with Commons
+# Configuration, which turns a repeated key into a list (and then uses the first
+# value), while the broker's java.util.Properties keeps the last one.
 write_conf() {
-  cp "$SCRIPT_DIR/standalone.conf" "$CONF_FILE"
+  local sync=true
+  [[ "$PULSAR_TEST_MODE" == 1 ]] && sync=false
   {
+    grep -v -E '^[[:space:]]*(brokerServicePort|webServicePort|allowEphemeralPorts|listeningInterface|journalSyncData)[[:space:]]*=' \
+      "$SCRIPT_DIR/standalone.conf"
     echo
-    echo "### Appended by pulsar-standalone.sh for this run (last occurrence wins)."
+    echo "### Set by pulsar-standalone.sh for this run."
     echo "brokerServicePort=$PULSAR_BROKER_PORT"
     echo "webServicePort=$PULSAR_WEB_PORT"
     # The in-process bookie only honours --bookkeeper-port when ephemeral ports
     # are allowed; otherwise it picks a random port. Bind it to loopback only.
     echo "allowEphemeralPorts=true"
     echo "listeningInterface=lo"
-    if [[ "$PULSAR_TEST_MODE" == 1 ]]; then
-      echo "# PULSAR_TEST_MODE=1: the bookie does not fsync its journal."
-      echo "journalSyncData=false"
-    fi
-  } >>"$CONF_FILE"
+    echo "# false only with PULSAR_TEST_MODE=1: the bookie then does not fsync its journal."
+    echo "journalSyncData=$sync"
+  } >"$CONF_FILE"
 }
 
 start_broker() {
@@ -250,10 +265,12 @@ expect() {
   return 1
 }
 
-# ensure_topic TOPIC: accepts persistent://T/N/name, T/N/name or a bare name
-# (public/default).
+# ensure_topic TOPIC [on|off]: accepts persistent://T/N/name, T/N/name or a bare
+# name (public/default). The namespace always gets infinite retention and
+# de-duplication on; the second argument sets the topic's own de-duplication
+# policy (default on; off for topics written through the REST produce API).
 ensure_topic() {
-  local topic="$1" rest tenant ns name
+  local topic="$1" dedup="${2:-on}" rest tenant ns name
   case "$topic" in
     persistent://*) rest="${topic#persistent://}" ;;
     *://*) die "only persistent topics are supported: $topic" ;;
@@ -279,14 +296,28 @@ ensure_topic() {
   expect "enable deduplication on $tenant/$ns" "$code" 204 || return 1
   code="$(admin PUT "/admin/v2/persistent/$tenant/$ns/$name")"
   expect "create topic persistent://$tenant/$ns/$name" "$code" 204 409 || return 1
-  log "topic ready: persistent://$tenant/$ns/$name (retention infinite, dedup on)"
+  local flag=true
+  [[ "$dedup" == off ]] && flag=false
+  # Topic-level policies are stored in a system topic; right after start-up the
+  # broker may answer 500/503 until that topic is ready, so retry briefly.
+  local i
+  for ((i = 0; i < 30; i++)); do
+    code="$(admin POST "/admin/v2/persistent/$tenant/$ns/$name/deduplicationEnabled" "$flag")"
+    [[ "$code" == 204 ]] && break
+    sleep 1
+  done
+  expect "set deduplication $dedup on persistent://$tenant/$ns/$name" "$code" 204 || return 1
+  log "topic ready: persistent://$tenant/$ns/$name (retention infinite, dedup $dedup)"
 }
 
 ensure_topics() {
   local t
   ensure_topic "$PULSAR_TOPIC"
   for t in ${PULSAR_EXTRA_TOPICS//,/ }; do
-    ensure_topic "$t"
+    ensure_topic "$t" on
+  done
+  for t in ${PULSAR_REST_TOPICS//,/ }; do
+    ensure_topic "$t" off
   done
 }
 
@@ -298,6 +329,12 @@ cmd_start() {
   if pid="$(running_pid)"; then
     log "already running (pid $pid)"
   elif healthy; then
+    # Someone else's broker owns the web port: use it only when it also serves
+    # our broker port, otherwise clients would connect to the wrong place.
+    if ! curl -s -m 10 "$WEB_URL/admin/v2/brokers/configuration/runtime" |
+      grep -q "\"brokerServicePort\":\"Optional\[$PULSAR_BROKER_PORT\]\""; then
+      die "another broker answers on $WEB_URL but not with broker port $PULSAR_BROKER_PORT"
+    fi
     log "a broker not started from $PULSAR_RUN_DIR already answers on $WEB_URL; using it"
   else
     rm -f "$PID_FILE"
@@ -347,10 +384,12 @@ cmd_status() {
 }
 
 cmd_create_topic() {
-  [[ $# -eq 1 ]] || die "usage: $0 create-topic TOPIC"
+  local dedup=on
+  if [[ "${1:-}" == --rest ]]; then dedup=off; shift; fi
+  [[ $# -eq 1 ]] || die "usage: $0 create-topic [--rest] TOPIC"
   healthy || die "no healthy broker on $WEB_URL (start it first)"
   mkdir -p "$PULSAR_RUN_DIR"
-  ensure_topic "$1"
+  ensure_topic "$1" "$dedup"
 }
 
 main() {
@@ -362,8 +401,9 @@ main() {
     status) cmd_status ;;
     create-topic) cmd_create_topic "$@" ;;
     classpath) classpath_file ;;
+    log-path) echo "$LOG_FILE" ;;
     *)
-      echo "usage: $0 start|stop|status|create-topic TOPIC|classpath" >&2
+      echo "usage: $0 start|stop|status|create-topic [--rest] TOPIC|classpath|log-path" >&2
       exit 2
       ;;
   esac
