@@ -80,7 +80,7 @@ func (v *verifier) check(ctx context.Context, raw, audience, user, requestID str
 	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &claims); err == nil {
 		rep.Claims = claims
 		if exp, ok := claims["exp"].(float64); ok {
-			rep.ExpiresIn = time.Unix(int64(exp), 0).Sub(v.clock.Now()).Round(time.Second).String()
+			rep.ExpiresIn = humanSeconds(time.Unix(int64(exp), 0).Sub(v.clock.Now()))
 		}
 		if jti, ok := claims["jti"].(string); ok {
 			rep.JTIMatchesRequestID = requestID != "" && jti == requestID
@@ -105,4 +105,14 @@ func (v *verifier) check(ctx context.Context, raw, audience, user, requestID str
 	}
 	rep.Verified = true
 	return rep
+}
+
+// humanSeconds writes durations under two minutes in seconds ("60s", not
+// "1m0s").
+func humanSeconds(d time.Duration) string {
+	d = d.Round(time.Second)
+	if d > -2*time.Minute && d < 2*time.Minute {
+		return fmt.Sprintf("%ds", int64(d/time.Second))
+	}
+	return d.String()
 }
