@@ -310,9 +310,9 @@ func TestHTMLPages(t *testing.T) {
 		want    []string
 		notWant []string
 	}{
-		{"home", "/", nil, []string{"Hello, alice", "alice@example.com", "engineering", "Assertion verified ✓", `href="/.portcullis/logout"`, "Sign out"}, []string{"Admin area</h1>"}},
-		{"admin", "/admin", nil, []string{"Admin area</h1>", "Assertion verified ✓"}, nil},
-		{"admin subpath", "/admin/users", nil, []string{"Admin area</h1>"}, nil},
+		{"home", "/", nil, []string{"Hello, alice", "alice@example.com", "engineering", "Assertion verified ✓", `href="/.portcullis/logout"`, "Sign out"}, []string{"<h1>Admin area"}},
+		{"admin", "/admin", nil, []string{"<h1>Admin area", "Assertion verified ✓"}, nil},
+		{"admin subpath", "/admin/users", nil, []string{"<h1>Admin area"}, nil},
 		{"escaped", "/", func(r *http.Request) { r.Header.Set("X-Portcullis-Email", `<script>x</script>@example.com`) },
 			[]string{"&lt;script&gt;x&lt;/script&gt;@example.com"}, []string{"<script>x</script>"}},
 		{"not verified", "/", func(r *http.Request) { r.Header.Set("X-Portcullis-User", "mallory") },
