@@ -289,8 +289,9 @@ func (a *App) page(w http.ResponseWriter, r *http.Request, rep Report) {
 		IsAdmin: rep.Area == "admin",
 	}
 	who := cmpOr(rep.Email, rep.User)
-	if who != "" {
-		d.Initial = strings.ToUpper(who[:1])
+	for _, r := range who {
+		d.Initial = strings.ToUpper(string(r))
+		break
 	}
 	if rep.User == "" {
 		d.LoginHint = "/.portcullis/login?rd=" + url.QueryEscape(r.URL.RequestURI())

@@ -104,7 +104,7 @@ func (p *Provider) signInPage(w http.ResponseWriter, r *http.Request, status int
 		if u.Hint {
 			d.Hints = append(d.Hints, hint{
 				Username: u.Username, Name: u.displayName(), Email: u.Email, Password: u.Password,
-				Groups: slices.Clone(u.Groups), Initial: strings.ToUpper(u.displayName()[:1]),
+				Groups: slices.Clone(u.Groups), Initial: initial(u.displayName()),
 			})
 		}
 	}
@@ -123,4 +123,12 @@ func (p *Provider) signedOutPage(w http.ResponseWriter, r *http.Request, status 
 		msg = extra + " " + msg
 	}
 	p.render(w, status, "message.html", pageData{Title: "You are signed out", Message: msg}, "")
+}
+
+// initial is the first letter of name, upper-cased, for an avatar.
+func initial(name string) string {
+	for _, r := range name {
+		return strings.ToUpper(string(r))
+	}
+	return "?"
 }

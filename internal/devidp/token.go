@@ -132,7 +132,12 @@ func (p *Provider) exchangeCode(client Client, f url.Values) (tokenResponse, *oa
 	if ok {
 		entry = *e
 		if !e.used {
-			e.used = true // whatever happens next, a code works once
+			// Whatever happens next, a code works once. The family is
+			// fixed now, so that a replay racing this exchange revokes
+			// what it issues.
+			e.used = true
+			e.family = randomToken()
+			entry.family = e.family
 		}
 	}
 	if ok && entry.used {
@@ -165,17 +170,7 @@ func (p *Provider) exchangeCode(client Client, f url.Values) (tokenResponse, *oa
 	if !ok {
 		return tokenResponse{}, &oauthError{"invalid_grant", "the user no longer exists"}
 	}
-	family := randomToken()
-	resp, oerr := p.issueTokens(client, user, entry.grant, family, true)
-	if oerr != nil {
-		return tokenResponse{}, oerr
-	}
-	p.mu.Lock()
-	if e, ok := p.st.codes[digest(code)]; ok {
-		e.family = family
-	}
-	p.mu.Unlock()
-	return resp, nil
+	return p.issueTokens(client, user, entry.grant, entry.family, true)
 }
 
 func (p *Provider) refresh(client Client, f url.Values) (tokenResponse, *oauthError) {
