@@ -21,3 +21,8 @@ test_outside if {
 	not network.from_any(office) with input.request.remote_addr as "203.0.113.9"
 	not network.from_any(office) with input.request.remote_addr as "2001:db8:2::1"
 }
+
+test_single_v6_address if {
+	network.from_any(["2001:db8::1"]) with input.request.remote_addr as "2001:db8::1"
+	not network.from_any(["2001:db8::1"]) with input.request.remote_addr as "2001:db8::2"
+}

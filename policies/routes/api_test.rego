@@ -38,3 +38,8 @@ test_anonymous_elsewhere if {
 	not api.allow with input.user as anonymous with input.request as req("GET", "/api/v1/deployments")
 	api.reason == "authentication required" with input.user as anonymous with input.request as req("GET", "/api/v1/deployments")
 }
+
+test_health_reason_and_status if {
+	api.reason == "allowed" with input.user as anonymous with input.request as req("GET", "/api/health")
+	not api.status with input.user as anonymous with input.request as req("GET", "/api/health")
+}

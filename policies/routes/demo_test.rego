@@ -42,3 +42,7 @@ test_other_groups_denied if {
 	not demo.allow with input.user as {"authenticated": true, "sub": "eve", "groups": ["sales"]} with input.request as req("/")
 	demo.reason == "the demo app is for groups engineering or admins" with input.user as {"authenticated": true, "sub": "eve", "groups": ["sales"]} with input.request as req("/")
 }
+
+test_alice_reason if {
+	demo.reason == "member of engineering or admins" with input.user as alice with input.request as req("/")
+}

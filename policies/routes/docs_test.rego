@@ -28,3 +28,9 @@ test_anonymous_cannot_read if {
 	not docs.allow with input.user as {"authenticated": false} with input.request.method as "GET"
 	not docs.status with input.user as {"authenticated": false} with input.request.method as "GET"
 }
+
+test_reasons if {
+	docs.reason == "sign-in required" with input.user as {"authenticated": false} with input.request.method as "GET"
+	docs.reason == "reading" with input.user as reader with input.request.method as "GET"
+	docs.reason == "writer" with input.user as writer with input.request.method as "GET"
+}

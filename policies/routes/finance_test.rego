@@ -18,3 +18,8 @@ test_not_finance if {
 	not finance.allow with input.user as {"authenticated": true, "groups": ["engineering"], "claims": {"amr": ["mfa"]}}
 	finance.reason == "requires group finance" with input.user as {"authenticated": true, "groups": ["engineering"], "claims": {"amr": ["mfa"]}}
 }
+
+test_anonymous if {
+	not finance.allow with input.user as {"authenticated": false}
+	finance.reason == "sign-in required" with input.user as {"authenticated": false}
+}

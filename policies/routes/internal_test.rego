@@ -24,3 +24,8 @@ test_anonymous_in_office if {
 	not internal.allow with input.user as {"authenticated": false} with input.request.remote_addr as "192.0.2.10"
 	not internal.status with input.user as {"authenticated": false} with input.request.remote_addr as "192.0.2.10"
 }
+
+test_reasons if {
+	internal.reason == "sign-in required" with input.user as {"authenticated": false} with input.request.remote_addr as "192.0.2.10"
+	internal.reason == "signed in from the office or VPN" with input.user as user with input.request.remote_addr as "192.0.2.10"
+}

@@ -22,3 +22,8 @@ test_not_hr if {
 	not payroll.allow with input.user as {"authenticated": true, "groups": ["engineering"]} with input.request.time as "2026-11-26T09:00:00Z"
 	payroll.reason == "requires group hr" with input.user as {"authenticated": true, "groups": ["engineering"]} with input.request.time as "2026-11-26T09:00:00Z"
 }
+
+test_reasons if {
+	payroll.reason == "sign-in required" with input.user as {"authenticated": false} with input.request.time as "2026-11-26T09:00:00Z"
+	payroll.reason == "hr, within office hours" with input.user as hr with input.request.time as "2026-11-26T09:00:00Z"
+}
