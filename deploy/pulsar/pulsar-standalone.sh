@@ -218,6 +218,7 @@ start_broker() {
   # its own pid before exec'ing java, so the pid file names the JVM itself.
   (
     cd "$PULSAR_RUN_DIR"
+    # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
     exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
       "$java" "${opts[@]}" -cp "$(cat "$cp")" org.apache.pulsar.PulsarStandaloneStarter \
       --config "$CONF_FILE" --no-functions-worker --no-stream-storage \
