@@ -132,6 +132,12 @@ func (e *Engine) Reload(ctx context.Context) error {
 	s, err := Load(ctx, e.cfg.Dir, LoadOptions{DecisionTimeout: e.cfg.DecisionTimeout, Clock: e.clock})
 	if err == nil {
 		if old := e.current.Load(); old != nil && old.Revision() == s.Revision() {
+			// Nothing to swap, but the routes may have asked for packages
+			// since: they must still exist.
+			if err := old.Prepare(ctx, e.packages); err != nil {
+				e.reloadFailed(err)
+				return err
+			}
 			e.log.Debug("policy: files unchanged", "dir", e.cfg.Dir, "revision", s.Revision())
 			return nil
 		}
