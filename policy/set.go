@@ -33,6 +33,8 @@ type Clock interface {
 
 type systemClock struct{}
 
+var _ Clock = systemClock{}
+
 func (systemClock) Now() time.Time { return time.Now() }
 
 // LoadOptions tune Load. The zero value is usable: decisions time out after
