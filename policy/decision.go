@@ -77,7 +77,7 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 	defer func() {
 		if r := recover(); r != nil {
 			err := fmt.Errorf("policy: package %s: %w: panic: %v", pkg, ErrEvaluation, r)
-			d = errorDecision(pkg, s.revision, err, fmt.Sprintf("policy evaluation failed (internal panic: %v); see the proxy log", r))
+			d = errorDecision(pkg, s.revision, err, fmt.Sprintf("policy evaluation failed (internal panic: %v)", r))
 		}
 	}()
 	q, err := s.prepared(ctx, pkg)
