@@ -83,7 +83,7 @@ headers := {"X-Team": "eng"}
 	}
 
 	weird := input(alice, "GET", "/")
-	weird.User.Claims = map[string]any{"weird": make(chan int)} // cannot become Rego: OPA panics
+	weird.User.Claims = map[string]any{"weird": make(chan int)} // cannot become Rego
 
 	tests := []struct {
 		name       string
@@ -101,7 +101,8 @@ headers := {"X-Team": "eng"}
 		{"missing package", "t.nothere", input(alice, "GET", "/"), OutcomeError, 403, ErrPackageNotFound, []string{"t.nothere not found"}, false, nil},
 		{"string allow", "t.stringallow", input(alice, "GET", "/"), OutcomeError, 403, ErrBadAllow, []string{`"true"`, "not a boolean"}, false, nil},
 		{"number allow", "t.numberallow", input(alice, "GET", "/"), OutcomeError, 403, ErrBadAllow, []string{"is 1, not a boolean"}, false, nil},
-		{"panic recovered", "t.claims", weird, OutcomeError, 403, ErrEvaluation, []string{"panic"}, false, nil},
+		{"claims that are not JSON", "t.claims", weird, OutcomeError, 403, ErrEvaluation, []string{"user.claims"}, false, nil},
+		{"panic recovered", "t.claims", nil, OutcomeError, 403, ErrEvaluation, []string{"panic"}, false, nil},
 		{"status 200 ignored", "t.badstatus", input(alice, "GET", "/"), OutcomeDeny, 403, nil, []string{"nope", "status 200 ignored"}, false, nil},
 		{"string status ignored", "t.stringstatus", input(alice, "GET", "/"), OutcomeDeny, 403, nil, []string{`status "418" ignored`}, false, nil},
 		{"custom status", "t.teapot", input(alice, "GET", "/"), OutcomeDeny, 418, nil, []string{"denied by t.teapot"}, false, nil},

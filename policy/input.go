@@ -156,8 +156,9 @@ func newInputKeys() *inputKeys {
 
 // value converts in to an ast.Value directly, without a JSON round trip. It
 // produces the same document as json.Marshal(in) would, which the tests
-// check. Claims are converted lazily, key by key, when a policy reads them:
-// most policies never do, and an ID token carries a dozen of them.
+// check. (Converting claims or headers lazily with ast.LazyObject does not
+// pay: building the enclosing object hashes its values, which converts them
+// at once.)
 func (k *inputKeys) value(in *Input) (ast.Value, error) {
 	r, u, rt := &in.Request, &in.User, &in.Route
 	// One slab for the terms of every scalar: fewer, larger allocations.
@@ -174,7 +175,11 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 	}
 	claims := ast.InternedEmptyObject
 	if len(u.Claims) > 0 {
-		claims = term(ast.LazyObject(u.Claims))
+		v, err := ast.InterfaceToValue(u.Claims)
+		if err != nil {
+			return nil, fmt.Errorf("policy: user.claims: %w", err)
+		}
+		claims = term(v)
 	}
 	groups := make([]*ast.Term, len(u.Groups))
 	for i, g := range u.Groups {
