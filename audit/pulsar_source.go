@@ -76,11 +76,21 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 		}
 	}
 	if !f.Since.IsZero() {
-		if err := r.SeekByTime(f.Since.Add(-s.opts.SeekMargin)); err != nil {
-			return fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
+		seekTo := f.Since.Add(-s.opts.SeekMargin)
+		if !follow {
+			// Seeking past the last message would leave Next waiting
+			// forever (and the reader's HasNext right after a seek is not
+			// reliable): look at the last message's publish time first.
+			pub, err := s.publishTime(ctx, last)
+			if err != nil {
+				return err
+			}
+			if pub.Before(seekTo) {
+				return nil // nothing published since
+			}
 		}
-		if !follow && !r.HasNext() {
-			return nil // nothing published since
+		if err := r.SeekByTime(seekTo); err != nil {
+			return fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
 		}
 	}
 	for {
@@ -114,16 +124,37 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 	}
 }
 
-// createReader retries reader creation until ctx is done: a reader created
-// right after a broker restart can fail while the topic is loading.
+// publishTime returns the publish time of the message id.
+func (s *PulsarSource) publishTime(ctx context.Context, id pulsar.MessageID) (time.Time, error) {
+	r, err := s.createReaderAt(ctx, id, true)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	defer cancel()
+	msg, err := r.Next(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("audit: pulsar: read the last message of %s: %w", s.topic, err)
+	}
+	return msg.PublishTime(), nil
+}
+
 func (s *PulsarSource) createReader(ctx context.Context) (pulsar.Reader, error) {
+	return s.createReaderAt(ctx, pulsar.EarliestMessageID(), false)
+}
+
+// createReaderAt retries reader creation until ctx is done: a reader created
+// right after a broker restart can fail while the topic is loading.
+func (s *PulsarSource) createReaderAt(ctx context.Context, start pulsar.MessageID, inclusive bool) (pulsar.Reader, error) {
 	bo := newCappedBackoff(s.opts.RetryMax)
 	deadline := s.opts.Now().Add(s.opts.OperationTimeout)
 	for {
 		r, err := s.client.CreateReader(pulsar.ReaderOptions{
-			Topic:             s.topic,
-			StartMessageID:    pulsar.EarliestMessageID(),
-			ReceiverQueueSize: s.opts.ReceiverQueueSize,
+			Topic:                   s.topic,
+			StartMessageID:          start,
+			StartMessageIDInclusive: inclusive,
+			ReceiverQueueSize:       s.opts.ReceiverQueueSize,
 		})
 		if err == nil {
 			return r, nil
