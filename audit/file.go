@@ -420,6 +420,11 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 					return err
 				}
 				t.close()
+				// Several rotations since the last poll: read the files
+				// rotated after the one just finished, oldest first.
+				if more, err := s.readRotatedAfter(ctx, t.info, deliver); err != nil || !more {
+					return err
+				}
 			}
 			nt, err := openTail(s.path)
 			if err != nil {
@@ -428,6 +433,37 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 			t = nt
 		}
 	}
+}
+
+// readRotatedAfter reads the rotated files newer than the file done (a
+// file Follow finished), oldest first. When done is no longer among them
+// nothing is read.
+func (s *FileSource) readRotatedAfter(ctx context.Context, done os.FileInfo, deliver func([]byte, string) (bool, error)) (bool, error) {
+	files, err := s.rotated()
+	if err != nil {
+		return false, err
+	}
+	start := -1
+	for i, path := range files {
+		if fi, err := os.Stat(path); err == nil && os.SameFile(fi, done) {
+			start = i + 1
+		}
+	}
+	if start < 0 {
+		return true, nil
+	}
+	for _, path := range files[start:] {
+		t, err := openTail(path)
+		if err != nil {
+			continue
+		}
+		more, err := t.drain(ctx, deliver)
+		t.close()
+		if err != nil || !more {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // tail reads complete lines of one file, remembering where it stopped.
