@@ -222,3 +222,16 @@ func startOPA(b *testing.B, bin, dir string) string {
 	b.Fatalf("opa did not answer %s/health within 30s:\n%s", base, logs.String())
 	return ""
 }
+
+// BenchmarkInputConversion measures building the Rego input document, the
+// part of a decision that does not depend on the policy.
+func BenchmarkInputConversion(b *testing.B) {
+	keys := newInputKeys()
+	in := benchCases()[0].in
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := keys.value(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -25,7 +25,7 @@ awk '
     split($1, parts, "/"); kind = parts[1]; sub(/^Benchmark/, "", kind)
     name = parts[2]; sub(/-[0-9]+$/, "", name)
     key = kind SUBSEP name
-    n[key]++; v[key, n[key]] = $3
+    n[key]++; v[key, n[key]] = $3 + 0
     names[name] = 1
   }
   function median(key,    i, j, t, m, a) {
