@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -40,11 +40,6 @@ const HashPrefix = "sha256:"
 
 // hashLen is len(HashPrefix) + 64 hex digits.
 const hashLen = len(HashPrefix) + 2*sha256.Size
-
-// emptyHashField is how the canonical JSON holds the empty Hash. Inside a
-// JSON string a quote is always escaped, so the first occurrence of this
-// byte sequence is the hash field itself.
-var emptyHashField = []byte(`,"hash":"",`)
 
 // ComputeHash returns the Hash ev should carry: the SHA-256 of its
 // canonical JSON with Hash = "" (ev is not modified).
@@ -96,25 +91,90 @@ func (e *Encoded) Decode() (*Event, error) {
 }
 
 // seal computes ev.Hash from its canonical JSON and returns the event's
-// encoding with that hash in place, marshalling the event only once.
+// encoding with that hash in place.
 func seal(ev *Event) ([]byte, error) {
-	ev.Hash = ""
-	b, err := json.Marshal(ev)
+	body, err := encodeBody(ev)
+	if err != nil {
+		return nil, err
+	}
+	return sealBody(ev, body)
+}
+
+// eventBody is Event's fields after Hash, encoded apart from the head so
+// that the expensive part of encoding happens outside the chain lock.
+// Keep it in step with Event (TestSealMatchesComputeHash checks).
+type eventBody struct {
+	RequestID  string    `json:"request_id"`
+	Decision   string    `json:"decision"`
+	Reason     string    `json:"reason"`
+	Route      string    `json:"route"`
+	Policy     PolicyRef `json:"policy"`
+	User       User      `json:"user"`
+	Request    Request   `json:"request"`
+	Response   Response  `json:"response"`
+	DurationMS Durations `json:"duration_ms"`
+}
+
+// encodeBody encodes the fields after Hash: the JSON object without its
+// opening brace.
+func encodeBody(ev *Event) ([]byte, error) {
+	b, err := json.Marshal(eventBody{
+		RequestID: ev.RequestID, Decision: ev.Decision, Reason: ev.Reason, Route: ev.Route,
+		Policy: ev.Policy, User: ev.User, Request: ev.Request, Response: ev.Response, DurationMS: ev.DurationMS,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: encode event: %w", err)
 	}
-	i := bytes.Index(b, emptyHashField)
-	if i < 0 {
-		return nil, errors.New("audit: encode event: no hash field in the encoding")
+	return b[1:], nil
+}
+
+// sealBody writes the head fields (schema to prev_hash: values that need
+// no JSON escaping, checked here), hashes head+body with an empty hash,
+// sets ev.Hash and returns the final encoding. It produces exactly what
+// json.Marshal(ev) produces.
+func sealBody(ev *Event, body []byte) ([]byte, error) {
+	if y := ev.Time.Year(); y < 0 || y > 9999 {
+		return nil, fmt.Errorf("audit: encode event: time %s out of range", ev.Time)
 	}
-	h := hashOf(b)
+	if !instancePattern.MatchString(ev.Instance) || !plainJSON(ev.ID) || !plainJSON(ev.PrevHash) {
+		return nil, errors.New("audit: encode event: id, instance or prev_hash holds characters that need escaping")
+	}
+	n := 128 + len(ev.ID) + len(ev.Instance) + len(ev.PrevHash) + hashLen + len(body)
+	out := make([]byte, 0, n)
+	out = append(out, `{"schema":`...)
+	out = strconv.AppendInt(out, int64(ev.Schema), 10)
+	out = append(out, `,"id":"`...)
+	out = append(out, ev.ID...)
+	out = append(out, `","time":"`...)
+	out = ev.Time.AppendFormat(out, time.RFC3339Nano)
+	out = append(out, `","instance":"`...)
+	out = append(out, ev.Instance...)
+	out = append(out, `","seq":`...)
+	out = strconv.AppendUint(out, ev.Seq, 10)
+	out = append(out, `,"prev_hash":"`...)
+	out = append(out, ev.PrevHash...)
+	out = append(out, `","hash":"`...)
+	at := len(out)
+	out = append(out, `",`...)
+	out = append(out, body...)
+	h := hashOf(out)
 	ev.Hash = h
-	at := i + len(`,"hash":"`)
-	out := make([]byte, 0, len(b)+len(h))
-	out = append(out, b[:at]...)
+	// Insert the hash: grow by hashLen and shift the rest right.
 	out = append(out, h...)
-	out = append(out, b[at:]...)
+	copy(out[at+hashLen:], out[at:len(out)-hashLen])
+	copy(out[at:], h)
 	return out, nil
+}
+
+// plainJSON reports whether s encodes in JSON as itself (no escaping).
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // normalize prepares a caller's event for sealing: schema, UTC time at

@@ -144,6 +144,9 @@ func Open(ctx context.Context, cfg Config, dataDir string, sink Sink, opts Optio
 			return nil, err
 		}
 	}
+	if !instancePattern.MatchString(instance) {
+		return nil, fmt.Errorf("audit: instance id %q: want 1 to 64 letters, digits, '.', '_' or '-'", instance)
+	}
 	st, err := loadChainState(dataDir, instance)
 	if err != nil {
 		return nil, err
@@ -241,7 +244,13 @@ func (p *Pipeline) Spool() *Spool { return p.spool }
 // ev.Schema, ev.Time (when zero; always UTC, microseconds), ev.ID,
 // ev.Instance, ev.Seq, ev.PrevHash, ev.Hash and an empty Groups slice.
 func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
-	now := p.clock.Now()
+	normalize(ev, p.clock.Now())
+	ev.Instance = p.instance
+	// Most of the encoding happens here, outside the chain lock.
+	body, err := encodeBody(ev)
+	if err != nil {
+		return p.drop(ev, dropEncode, fmt.Errorf("%w (%w)", err, ErrUnavailable))
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -251,15 +260,13 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 		p.mu.Unlock()
 		return p.drop(ev, dropBufferFull, fmt.Errorf("audit: memory buffer full: %w", ErrUnavailable))
 	}
-	normalize(ev, now)
-	ev.Instance = p.instance
 	id, err := ulid.New(ulid.Timestamp(ev.Time), p.entropy)
 	if err != nil {
 		p.mu.Unlock()
 		return p.drop(ev, dropEncode, fmt.Errorf("audit: event id: %v: %w", err, ErrUnavailable))
 	}
 	ev.ID = id.String()
-	enc, err := p.sealNext(ev)
+	enc, err := p.sealNext(ev, body)
 	if err != nil {
 		p.mu.Unlock()
 		return p.drop(ev, dropEncode, fmt.Errorf("%w (%w)", err, ErrUnavailable))
@@ -278,7 +285,7 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 		// The spool discarded unconfirmed records after a write failure:
 		// continue the chain from what it holds.
 		p.last.Seq, p.last.Hash = p.spool.Tail()
-		if enc, err = p.sealNext(ev); err == nil {
+		if enc, err = p.sealNext(ev, body); err == nil {
 			err = p.spool.Append(enc, ev.Hash)
 		}
 	}
@@ -307,10 +314,10 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 // sealNext gives ev the next Seq and PrevHash of the chain and encodes it.
 // Called with p.mu held; p.last is advanced by the caller once the event
 // is taken.
-func (p *Pipeline) sealNext(ev *Event) (Encoded, error) {
+func (p *Pipeline) sealNext(ev *Event, body []byte) (Encoded, error) {
 	ev.Seq = p.last.Seq + 1
 	ev.PrevHash = p.last.Hash
-	data, err := seal(ev)
+	data, err := sealBody(ev, body)
 	if err != nil {
 		return Encoded{}, err
 	}

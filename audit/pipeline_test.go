@@ -76,6 +76,7 @@ type testEnv struct {
 	cfg     Config
 	logs    *bytes.Buffer
 	logMu   *sync.Mutex
+	batch   int // Options.BatchEvents
 }
 
 func newEnv(t *testing.T, mode string) *testEnv {
@@ -84,7 +85,7 @@ func newEnv(t *testing.T, mode string) *testEnv {
 	cfg.Mode = mode
 	cfg.Instance = "test-1"
 	cfg.SetDefaults(dir)
-	return &testEnv{dataDir: dir, cfg: cfg, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	return &testEnv{dataDir: dir, cfg: cfg, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}, batch: 7}
 }
 
 type lockedWriter struct {
@@ -111,7 +112,7 @@ func (e *testEnv) open(t *testing.T, sink Sink, run bool) (*Pipeline, func()) {
 		Logger:     slog.New(slog.NewTextHandler(lockedWriter{e.logMu, e.logs}, nil)),
 		Registerer: prometheus.NewRegistry(),
 		RetryMin:   5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
-		BatchEvents: 7,
+		BatchEvents: e.batch,
 	})
 	if err != nil {
 		t.Fatal(err)

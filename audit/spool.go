@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -510,10 +511,22 @@ func (s *Spool) Sync(ctx context.Context, seq uint64) error {
 // commitLocked writes and fsyncs everything pending, releasing s.mu while
 // it does so (other goroutines keep appending), and wakes every waiter.
 func (s *Spool) commitLocked() {
+	s.committing = true
+	// Let goroutines that are about to append do so first (they were
+	// typically woken by the previous commit), so that one fsync covers
+	// them too: yield while the pending batch keeps growing.
+	for range 8 {
+		n := s.pendN
+		s.mu.Unlock()
+		runtime.Gosched()
+		s.mu.Lock()
+		if s.pendN == n {
+			break
+		}
+	}
 	buf, first, last, hash, n := s.pending, s.pendFirst, s.pendLast, s.pendHash, s.pendN
 	s.pending, s.spare = s.spare[:0], nil
 	s.pendN = 0
-	s.committing = true
 	cur := s.cur
 	var active *spoolSegment
 	if len(s.segs) > 0 {
@@ -672,7 +685,7 @@ func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
 				}
 			}
 		}
-		want := min(size-s.roff, int64(max(maxBytes, 0)+frameHeader+bodyHeader+256))
+		want := min(size-s.roff, int64(max(maxBytes, 0)+(maxN-len(out))*(frameHeader+bodyHeader+64)))
 		want = min(want, readChunk)
 		buf := make([]byte, want)
 		if _, err := s.rfile.ReadAt(buf, s.roff); err != nil {
