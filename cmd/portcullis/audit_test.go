@@ -434,3 +434,70 @@ func publishEvents(t testing.TB, brokerURL, topic string, evs []*audit.Event) {
 		}
 	}
 }
+
+// TestAuditTail checks that tail prints events recorded after it started
+// (and not older ones), and stops after --limit events.
+func TestAuditTail(t *testing.T) {
+	type source struct {
+		name    string
+		args    func(t *testing.T) []string
+		publish func(t *testing.T, evs []*audit.Event)
+	}
+	var file, brokerURL, topic string
+	sources := []source{
+		{"file", func(t *testing.T) []string {
+			file = filepath.Join(t.TempDir(), "audit.jsonl")
+			writeJSONL(t, file, nil)
+			return []string{"--file", file}
+		}, func(t *testing.T, evs []*audit.Event) {
+			old, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeJSONL(t, file+".new", evs)
+			add, _ := os.ReadFile(file + ".new")
+			if err := os.WriteFile(file, append(old, add...), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"pulsar", func(t *testing.T) []string {
+			var adminURL string
+			brokerURL, adminURL = pulsartest.Require(t)
+			topic = pulsartest.NewTopic(t, adminURL)
+			return []string{"--pulsar", brokerURL, "--topic", topic}
+		}, func(t *testing.T, evs []*audit.Event) { publishEvents(t, brokerURL, topic, evs) }},
+	}
+	for _, src := range sources {
+		t.Run(src.name, func(t *testing.T) {
+			args := src.args(t)
+			evs := chainedEvents(t, "portcullis-t1", 6, time.Now().Add(-time.Hour), time.Millisecond)
+			src.publish(t, evs[:2]) // old: before tail starts
+			type result struct {
+				code           int
+				stdout, stderr string
+			}
+			done := make(chan result, 1)
+			go func() {
+				code, stdout, stderr := runAuditT(t, append(append([]string{"tail", "--output", "jsonl", "--limit", "3"}, args...), "--user", "alice")...)
+				done <- result{code, stdout, stderr}
+			}()
+			time.Sleep(time.Second)
+			// New events: alice is seq 4 and 8 (seq%4 == 0); all are "now".
+			fresh := chainedEvents(t, "portcullis-t1", 12, time.Now(), time.Millisecond)
+			src.publish(t, fresh)
+			select {
+			case r := <-done:
+				if r.code != exitOK {
+					t.Fatalf("exit %d: %s", r.code, r.stderr)
+				}
+				got := jsonlIDs(t, r.stdout)
+				want := []string{"portcullis-t1-00000004", "portcullis-t1-00000008", "portcullis-t1-00000012"}
+				if !slices.Equal(got, want) {
+					t.Errorf("tail printed %v, want %v", got, want)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("tail did not stop after --limit 3 events")
+			}
+		})
+	}
+}
