@@ -280,13 +280,13 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 		return nil
 	}
 
-	err = p.spool.Append(enc, ev.Hash)
+	ticket, err := p.spool.Append(enc, ev.Hash)
 	if errors.Is(err, errSpoolSeq) {
 		// The spool discarded unconfirmed records after a write failure:
 		// continue the chain from what it holds.
 		p.last.Seq, p.last.Hash = p.spool.Tail()
 		if enc, err = p.sealNext(ev, body); err == nil {
-			err = p.spool.Append(enc, ev.Hash)
+			ticket, err = p.spool.Append(enc, ev.Hash)
 		}
 	}
 	if err != nil {
@@ -301,7 +301,7 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 	p.last = ChainState{Instance: p.instance, Seq: ev.Seq, Hash: ev.Hash}
 	p.mu.Unlock()
 
-	if err := p.spool.Sync(ctx, ev.Seq); err != nil {
+	if err := p.spool.Sync(ctx, ticket); err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return p.drop(ev, dropSpoolError, err)
 		}
@@ -483,7 +483,7 @@ func (p *Pipeline) flushLoop(ctx context.Context) {
 		case <-t.C:
 			s := p.spool.Stats()
 			if s.Appended > s.Durable && !s.Failed {
-				_ = p.spool.Sync(ctx, s.Appended)
+				_ = p.spool.Flush(ctx)
 			}
 		}
 	}
@@ -607,7 +607,7 @@ func (p *Pipeline) Close(ctx context.Context) error {
 
 	var errs []error
 	if p.spool != nil {
-		if err := p.spool.Sync(ctx, last.Seq); err != nil && last.Seq > 0 {
+		if err := p.spool.Flush(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}

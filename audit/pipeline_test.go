@@ -447,3 +447,39 @@ func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+func TestPipelineSpoolWriteFailureLeavesNoGap(t *testing.T) {
+	env := newEnv(t, ModeFailClosed)
+	sink := &memSink{}
+	p, stop := env.open(t, sink, true)
+	p.spool.retryWait = 50 * time.Millisecond
+	good := record(t, p, 1, 3)
+
+	// The disk fails: the next write hits a closed file.
+	p.spool.mu.Lock()
+	p.spool.cur.Close()
+	p.spool.mu.Unlock()
+	for i := 4; i <= 5; i++ {
+		ev := newTestEvent(i)
+		if err := p.Record(context.Background(), ev); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("record %d on a failing spool: %v, want ErrUnavailable", i, err)
+		}
+	}
+	if p.Accepting() {
+		t.Error("Accepting() = true right after a write failure")
+	}
+	if got := counterValue(t, p.m.dropped.WithLabelValues(dropSpoolError)); got != 2 {
+		t.Errorf("spool_error drops = %v, want 2", got)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if !p.Accepting() {
+		t.Error("not accepting after the retry wait")
+	}
+	next := record(t, p, 6, 6)[0]
+	if next.Seq != 4 || next.PrevHash != good[2].Hash {
+		t.Errorf("after the failure: seq %d prev_hash %s, want seq 4 after %s", next.Seq, next.PrevHash, good[2].Hash)
+	}
+	waitFor(t, "4 events delivered", func() bool { return sink.count() == 4 })
+	stop()
+	verifyAll(t, sink.decoded(t), 4)
+}

@@ -38,8 +38,8 @@ var errSpoolSeq = errors.New("audit: spool: sequence does not continue the spool
 //
 //   - Append and Sync are safe for concurrent use; Append must be called in
 //     Seq order (the Pipeline calls it under its chain lock). Append only
-//     buffers; Sync(ctx, seq) returns once the record seq is written and
-//     fsync'd. Concurrent Sync calls share one write and one fsync (group
+//     buffers and returns a Ticket; Sync(ctx, ticket) returns once that
+//     record is written and fsync'd. Concurrent Sync calls share one write and one fsync (group
 //     commit): whoever finds no commit running writes everything buffered so
 //     far, the others wait for it.
 //   - What Sync confirmed survives a crash of the process or the machine.
@@ -88,7 +88,10 @@ type Spool struct {
 	flushed     chan struct{} // closed after every commit attempt, then replaced
 	err         error         // sticky write failure
 	failedAt    time.Time
-	appended    uint64 // last seq appended (buffered or durable)
+	retryWait   time.Duration
+	epoch       uint64            // incremented by every write failure
+	epochEnd    map[uint64]uint64 // durable seq when each ended epoch failed
+	appended    uint64            // last seq appended (buffered or durable)
 	appendHash  string
 	durable     uint64 // last seq written and fsync'd
 	durableHash string
@@ -158,7 +161,18 @@ type SpoolOptions struct {
 	// (default max_bytes/16, between 4KiB and 64MiB). Space is freed a whole
 	// segment at a time.
 	SegmentBytes int64
+	// RetryWait is how long the spool refuses Appends after a write
+	// failure before it tries again (default 1s).
+	RetryWait time.Duration
 }
+
+// Ticket identifies an appended record for Sync.
+type Ticket struct {
+	seq, epoch uint64
+}
+
+// Seq is the record's seq.
+func (t Ticket) Seq() uint64 { return t.seq }
 
 // OpenSpool opens (creating if needed) the spool in dir, checks every
 // record, cuts off a torn tail and positions the reader at the first
@@ -180,10 +194,15 @@ func OpenSpool(dir string, maxBytes int64, opts SpoolOptions) (*Spool, error) {
 	}
 	s := &Spool{
 		dir: dir, maxBytes: maxBytes, segBytes: seg,
-		log:     opts.Logger.With("component", "audit.spool", "dir", dir),
-		table:   crc32.MakeTable(crc32.Castagnoli),
-		lock:    lock,
-		flushed: make(chan struct{}),
+		log:       opts.Logger.With("component", "audit.spool", "dir", dir),
+		table:     crc32.MakeTable(crc32.Castagnoli),
+		lock:      lock,
+		flushed:   make(chan struct{}),
+		retryWait: opts.RetryWait,
+		epochEnd:  map[uint64]uint64{},
+	}
+	if s.retryWait <= 0 {
+		s.retryWait = spoolRetryWait
 	}
 	if err := s.load(); err != nil {
 		s.closeFiles()
@@ -436,29 +455,29 @@ func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
 }
 
 // Append buffers e (whose Seq must follow the last appended one) for the
-// next group commit. hash is the event's Hash, kept for Tail. It fails with
-// ErrSpoolFull, with an error wrapping ErrUnavailable while the spool is
-// failing, or with ErrClosed.
-func (s *Spool) Append(e Encoded, hash string) error {
+// next group commit and returns the Ticket to Sync on. hash is the event's
+// Hash, kept for Tail. It fails with ErrSpoolFull, with an error wrapping
+// ErrUnavailable while the spool is failing, or with ErrClosed.
+func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("audit: spool: %w", ErrClosed)
+		return Ticket{}, fmt.Errorf("audit: spool: %w", ErrClosed)
 	}
 	if s.err != nil {
-		if time.Since(s.failedAt) < spoolRetryWait || !s.recoverLocked() {
-			return fmt.Errorf("audit: spool failing (%v): %w", s.err, ErrUnavailable)
+		if time.Since(s.failedAt) < s.retryWait || !s.recoverLocked() {
+			return Ticket{}, fmt.Errorf("audit: spool failing (%v): %w", s.err, ErrUnavailable)
 		}
 	}
 	if e.Seq != s.appended+1 && !(s.appended == 0 && len(s.segs) == 0 && s.pendN == 0) {
-		return errSpoolSeq
+		return Ticket{}, errSpoolSeq
 	}
 	n := int64(frameSize(&e))
 	if n-frameHeader > maxFrameBody {
-		return fmt.Errorf("audit: spool: event of %d bytes is too large: %w", n, ErrUnavailable)
+		return Ticket{}, fmt.Errorf("audit: spool: event of %d bytes is too large: %w", n, ErrUnavailable)
 	}
 	if s.bytes+n > s.maxBytes {
-		return ErrSpoolFull
+		return Ticket{}, ErrSpoolFull
 	}
 	if s.pendN == 0 {
 		s.pendFirst = e.Seq
@@ -468,30 +487,40 @@ func (s *Spool) Append(e Encoded, hash string) error {
 	s.pendLast, s.pendHash = e.Seq, hash
 	s.appended, s.appendHash = e.Seq, hash
 	s.bytes += n
-	return nil
+	return Ticket{seq: e.Seq, epoch: s.epoch}, nil
 }
 
-// Sync returns once the record seq is written and fsync'd, or with an error
-// wrapping ErrUnavailable when the write failed, or ctx's error (the record
-// may then still be written later).
-func (s *Spool) Sync(ctx context.Context, seq uint64) error {
+// Flush writes and fsyncs everything appended so far.
+func (s *Spool) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	t := Ticket{seq: s.appended, epoch: s.epoch}
+	s.mu.Unlock()
+	return s.Sync(ctx, t)
+}
+
+// Sync returns once the ticket's record is written and fsync'd, or with
+// an error wrapping ErrUnavailable when the write failed (the record is
+// discarded), or ctx's error (the record may then still be written later).
+func (s *Spool) Sync(ctx context.Context, t Ticket) error {
 	s.mu.Lock()
 	for {
-		if s.durable >= seq {
+		if t.epoch != s.epoch {
+			// A write failure ended the ticket's epoch: the record is
+			// durable only if it was committed before that.
+			ok := t.seq <= s.epochEnd[t.epoch]
+			s.mu.Unlock()
+			if ok {
+				return nil
+			}
+			return fmt.Errorf("audit: spool write failed; record %d discarded: %w", t.seq, ErrUnavailable)
+		}
+		if s.durable >= t.seq {
 			s.mu.Unlock()
 			return nil
 		}
 		if s.closed {
 			s.mu.Unlock()
 			return fmt.Errorf("audit: spool: %w", ErrClosed)
-		}
-		if s.err != nil || seq > s.appended {
-			err := s.err
-			s.mu.Unlock()
-			if err == nil {
-				err = errors.New("record was discarded")
-			}
-			return fmt.Errorf("audit: spool write failed (%v): %w", err, ErrUnavailable)
 		}
 		if !s.committing && s.pendN > 0 {
 			s.commitLocked()
@@ -587,6 +616,8 @@ func (s *Spool) commitLocked() {
 // its confirmed size.
 func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSeg *spoolSegment) {
 	s.err, s.failedAt = err, time.Now()
+	s.epochEnd[s.epoch] = s.durable
+	s.epoch++
 	s.log.Error("audit: spool write failed; refusing events until it recovers", "err", err)
 	if newFile != nil {
 		newFile.Close()
@@ -601,20 +632,28 @@ func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSe
 	// a failing disk tends to fail again.
 }
 
-// recoverLocked cuts the active segment back to its confirmed size and
-// clears the failure when that works and the retry wait has passed.
+// recoverLocked reopens the active segment cut back to its confirmed size
+// and clears the failure when that works and the retry wait has passed.
 func (s *Spool) recoverLocked() bool {
 	if s.cur != nil && len(s.segs) > 0 {
 		active := s.segs[len(s.segs)-1]
-		if err := s.cur.Truncate(active.size); err != nil {
+		s.cur.Close()
+		s.cur = nil
+		f, err := os.OpenFile(active.path, os.O_WRONLY, 0o600)
+		if err != nil {
+			s.log.Error("audit: spool: cannot reopen the active segment", "err", err)
+			return false
+		}
+		s.cur = f
+		if err := f.Truncate(active.size); err != nil {
 			s.log.Error("audit: spool: cannot cut the active segment back", "err", err)
 			return false
 		}
-		if _, err := s.cur.Seek(active.size, io.SeekStart); err != nil {
+		if _, err := f.Seek(active.size, io.SeekStart); err != nil {
 			return false
 		}
 	}
-	if time.Since(s.failedAt) < spoolRetryWait {
+	if time.Since(s.failedAt) < s.retryWait {
 		return false
 	}
 	s.log.Info("audit: spool accepting events again", "after", s.err)
@@ -627,7 +666,7 @@ func (s *Spool) recoverLocked() bool {
 func (s *Spool) Accepting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.err != nil && time.Since(s.failedAt) < spoolRetryWait {
+	if s.closed || s.err != nil && time.Since(s.failedAt) < s.retryWait {
 		return false
 	}
 	return s.bytes+64<<10 <= s.maxBytes

@@ -24,12 +24,14 @@ func testRecord(seq uint64) Encoded {
 
 func appendSync(t *testing.T, s *Spool, from, to uint64) {
 	t.Helper()
+	var last Ticket
 	for seq := from; seq <= to; seq++ {
-		if err := s.Append(testRecord(seq), fmt.Sprintf("sha256:%d", seq)); err != nil {
+		var err error
+		if last, err = s.Append(testRecord(seq), fmt.Sprintf("sha256:%d", seq)); err != nil {
 			t.Fatalf("append %d: %v", seq, err)
 		}
 	}
-	if err := s.Sync(context.Background(), to); err != nil {
+	if err := s.Sync(context.Background(), last); err != nil {
 		t.Fatalf("sync %d: %v", to, err)
 	}
 }
@@ -210,7 +212,7 @@ func TestSpoolFull(t *testing.T) {
 	}
 	defer s.Close()
 	appendSync(t, s, 1, 3)
-	err = s.Append(testRecord(4), "")
+	_, err = s.Append(testRecord(4), "")
 	if !errors.Is(err, ErrSpoolFull) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("append past max_bytes: %v, want ErrSpoolFull wrapping ErrUnavailable", err)
 	}
@@ -240,13 +242,13 @@ func TestSpoolGroupCommit(t *testing.T) {
 				mu.Lock()
 				next++
 				seq := next
-				err := s.Append(testRecord(seq), "")
+				ticket, err := s.Append(testRecord(seq), "")
 				mu.Unlock()
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				if err := s.Sync(context.Background(), seq); err != nil {
+				if err := s.Sync(context.Background(), ticket); err != nil {
 					t.Error(err)
 					return
 				}
