@@ -139,11 +139,11 @@ func (a *Authenticator) bearerToken(h http.Header) (string, bool) {
 	if !a.cfg.Bearer.Enabled {
 		return "", false
 	}
-	v := h.Get("Authorization")
-	if len(v) < 7 || !strings.EqualFold(v[:7], "bearer ") {
+	scheme, tok, _ := strings.Cut(strings.TrimSpace(h.Get("Authorization")), " ")
+	if !strings.EqualFold(scheme, "bearer") {
 		return "", false
 	}
-	return strings.TrimSpace(v[7:]), true
+	return strings.TrimSpace(tok), true
 }
 
 // StripCredentials removes what authenticated the request before it is

@@ -125,6 +125,14 @@ func TestBearerTokens(t *testing.T) {
 		})
 	}
 
+	t.Run("scheme without token", func(t *testing.T) {
+		r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)
+		r.Header.Set("Authorization", "Bearer")
+		if id, err := h.a.Authenticate(httptest.NewRecorder(), r); !errors.Is(err, ErrInvalidCredentials) || id != nil {
+			t.Errorf("Authenticate = %+v, %v; want ErrInvalidCredentials", id, err)
+		}
+	})
+
 	t.Run("valid token", func(t *testing.T) {
 		r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)
 		r.Header.Set("Authorization", "bearer "+valid)
