@@ -4,6 +4,22 @@
 //
 // The proxy only ever talks to a Recorder; sinks, the spool and the chain are
 // this package's business.
+//
+// The path of an event: Pipeline.Record completes it (ID, Seq, PrevHash,
+// Hash; see chain.go for the hash) and encodes it once, as Encoded. In
+// durable and fail-closed modes it is appended to the Spool and Record
+// returns after the group fsync that covers it; in best-effort mode it is
+// queued in memory. Pipeline.Run reads batches in Seq order and hands them
+// to the Sink (FileSink, PulsarSink, or a MultiSink of both), publishing
+// the spool's bytes as they are (EncodedSink), and acknowledges them, which
+// frees the spool. Sources (FileSource, PulsarSource) read events back;
+// Filter and Verifier implement `portcullis audit query` and `verify`.
+//
+// Files under the data directory: "instance" (the generated instance id),
+// "audit-chain.json" (the chain's last seq and hash, written at Close and,
+// in best-effort mode, before each batch leaves), "spool/" (segment files,
+// the acknowledgement, a lock) and, for the file sink, "audit.jsonl" with
+// its rotated predecessors.
 package audit
 
 import "time"

@@ -160,3 +160,33 @@ func TestFileSourceFollowsAcrossRotation(t *testing.T) {
 	}
 	verifyAll(t, got, 30)
 }
+
+func TestMultiSinkRetriesWithoutDuplicates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	fs, err := NewFileSink(FileConfig{Path: path, MaxBytes: 1 << 20, MaxFiles: 1}, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flaky := &memSink{}
+	m := NewMultiSink(fs, flaky)
+	evs := encodedChain(t, "a", 6)
+	if err := m.PublishEncoded(context.Background(), evs[:3]); err != nil {
+		t.Fatal(err)
+	}
+	flaky.failing.Store(true)
+	if err := m.PublishEncoded(context.Background(), evs[3:]); err == nil {
+		t.Fatal("publish succeeded with a failing sink")
+	}
+	if m.Status().Live {
+		t.Error("status live with a failing sink")
+	}
+	flaky.failing.Store(false)
+	if err := m.PublishEncoded(context.Background(), evs[3:]); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	verifyAll(t, readSource(t, NewFileSource(path, FileSourceOptions{}), Filter{}), 6)
+	if flaky.count() != 6 {
+		t.Errorf("second sink holds %d events, want 6", flaky.count())
+	}
+}

@@ -254,7 +254,7 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return p.drop(ev, dropClosed, ErrClosed)
+		return p.drop(ev, dropClosed, fmt.Errorf("%w (%w)", ErrClosed, ErrUnavailable))
 	}
 	if p.queue != nil && len(p.queue) == cap(p.queue) {
 		p.mu.Unlock()

@@ -24,8 +24,10 @@ type Recorder interface {
 	// Time when zero) and records it according to the delivery mode:
 	// durable and fail-closed return only after the event is on the
 	// fsync'd spool (group commit), best-effort after it is queued in memory.
-	// The error wraps ErrUnavailable when the event could not be recorded;
-	// the event is then counted as lost and logged. ctx bounds the wait.
+	// The error wraps ErrUnavailable when the event could not be recorded
+	// (also after Close, when it wraps ErrClosed too); the event is then
+	// counted as dropped and logged. ctx bounds the wait; when it ends
+	// first, the error wraps ctx.Err() and the event may still be recorded.
 	Record(ctx context.Context, ev *Event) error
 	// Accepting reports whether Record is currently expected to succeed.
 	// The proxy checks it before forwarding in fail-closed mode.
