@@ -114,8 +114,7 @@ type Pipeline struct {
 	stop    chan struct{}
 	stopped sync.Once
 
-	acked     atomic.Uint64 // highest acknowledged seq
-	published atomic.Uint64 // events handed to the sink but not acknowledged
+	acked atomic.Uint64 // highest acknowledged seq
 }
 
 // queued is a best-effort event waiting in memory.
@@ -401,7 +400,10 @@ func (p *Pipeline) backlog() uint64 {
 		s := p.spool.Stats()
 		return s.Appended - min(s.Acked, s.Appended)
 	}
-	return uint64(len(p.queue)) + p.published.Load()
+	p.mu.Lock()
+	last := p.last.Seq
+	p.mu.Unlock()
+	return last - min(p.acked.Load(), last)
 }
 
 // Run ships recorded events to the sink until ctx is cancelled or Close
@@ -441,6 +443,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	for {
 		batch, hash, err := p.next(ctx)
 		if ctx.Err() != nil {
+			if len(batch) > 0 {
+				p.lose(batch, ctx.Err())
+			}
 			return nil
 		}
 		if err != nil {
@@ -466,7 +471,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 		}
 		p.acked.Store(last)
-		p.published.Store(0)
 		p.m.acked.Add(float64(len(batch)))
 	}
 }
@@ -512,7 +516,6 @@ func (p *Pipeline) next(ctx context.Context) ([]Encoded, string, error) {
 			}
 			break
 		}
-		p.published.Store(uint64(len(batch)))
 		return batch, hash, nil
 	}
 	for {
