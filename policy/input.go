@@ -3,6 +3,8 @@ package policy
 import (
 	"encoding/json"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -138,12 +140,21 @@ type inputKeys struct {
 	id, method, scheme, host, path, query, headers, remoteAddr, time   *ast.Term
 	authenticated, sub, email, emailVerified, groups, issuer, provider *ast.Term
 	authMethod, claims, name, upstream                                 *ast.Term
-	ruleAllow, ruleReason, ruleStatus, ruleHeaders                     *ast.Term
+
+	// common holds ready terms for values most requests share (methods,
+	// schemes, auth methods); read-only after newInputKeys.
+	common map[string]*ast.Term
+	// routes caches the route object per RouteInput: a route's fields are
+	// the same on every request. At most maxCachedRoutes entries.
+	routes     sync.Map // RouteInput -> *ast.Term
+	routeCount atomic.Int32
 }
+
+const maxCachedRoutes = 1024
 
 func newInputKeys() *inputKeys {
 	s := ast.StringTerm
-	return &inputKeys{
+	k := &inputKeys{
 		request: s("request"), user: s("user"), route: s("route"),
 		id: s("id"), method: s("method"), scheme: s("scheme"), host: s("host"), path: s("path"),
 		query: s("query"), headers: s("headers"), remoteAddr: s("remote_addr"), time: s("time"),
@@ -151,7 +162,31 @@ func newInputKeys() *inputKeys {
 		emailVerified: s("email_verified"), groups: s("groups"), issuer: s("issuer"),
 		provider: s("provider"), authMethod: s("auth_method"), claims: s("claims"),
 		name: s("name"), upstream: s("upstream"),
+		common: map[string]*ast.Term{},
 	}
+	for _, v := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "https", "http", "session", "bearer"} {
+		k.common[v] = s(v)
+	}
+	return k
+}
+
+// routeTerm returns the route object, from the cache when possible.
+func (k *inputKeys) routeTerm(rt RouteInput) *ast.Term {
+	if t, ok := k.routes.Load(rt); ok {
+		return t.(*ast.Term)
+	}
+	t := ast.NewTerm(ast.NewObject(
+		ast.Item(k.name, ast.StringTerm(rt.Name)),
+		ast.Item(k.host, ast.StringTerm(rt.Host)),
+		ast.Item(k.path, ast.StringTerm(rt.Path)),
+		ast.Item(k.upstream, ast.StringTerm(rt.Upstream)),
+	))
+	if k.routeCount.Load() < maxCachedRoutes {
+		if _, loaded := k.routes.LoadOrStore(rt, t); !loaded {
+			k.routeCount.Add(1)
+		}
+	}
+	return t
 }
 
 // value converts in to an ast.Value directly, without a JSON round trip. It
@@ -173,6 +208,12 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 		}
 		return term(ast.String(s))
 	}
+	common := func(s string) *ast.Term {
+		if t, ok := k.common[s]; ok {
+			return t
+		}
+		return str(s)
+	}
 	claims := ast.InternedEmptyObject
 	if len(u.Claims) > 0 {
 		v, err := ast.InterfaceToValue(u.Claims)
@@ -187,8 +228,8 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 	}
 	req := ast.NewObject(
 		ast.Item(k.id, str(r.ID)),
-		ast.Item(k.method, str(r.Method)),
-		ast.Item(k.scheme, str(r.Scheme)),
+		ast.Item(k.method, common(r.Method)),
+		ast.Item(k.scheme, common(r.Scheme)),
 		ast.Item(k.host, str(r.Host)),
 		ast.Item(k.path, str(r.Path)),
 		ast.Item(k.query, multiMap(r.Query)),
@@ -204,19 +245,13 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 		ast.Item(k.groups, term(ast.NewArray(groups...))),
 		ast.Item(k.issuer, str(u.Issuer)),
 		ast.Item(k.provider, str(u.Provider)),
-		ast.Item(k.authMethod, str(u.AuthMethod)),
+		ast.Item(k.authMethod, common(u.AuthMethod)),
 		ast.Item(k.claims, claims),
-	)
-	route := ast.NewObject(
-		ast.Item(k.name, str(rt.Name)),
-		ast.Item(k.host, str(rt.Host)),
-		ast.Item(k.path, str(rt.Path)),
-		ast.Item(k.upstream, str(rt.Upstream)),
 	)
 	return ast.NewObject(
 		ast.Item(k.request, term(req)),
 		ast.Item(k.user, term(user)),
-		ast.Item(k.route, term(route)),
+		ast.Item(k.route, k.routeTerm(*rt)),
 	), nil
 }
 
