@@ -32,7 +32,7 @@ var (
 // Problem is one thing wrong with a policy directory, located by file and
 // line when the compiler knows them.
 type Problem struct {
-	File    string // relative to the policy directory
+	File    string // the policy directory joined with the file's path in it
 	Line    int    // 1-based; 0 when unknown
 	Col     int
 	Code    string // OPA's error code, such as rego_parse_error
@@ -71,9 +71,9 @@ func (e *CompileError) Error() string {
 		lines[i] = p.String()
 	}
 	if len(lines) == 1 {
-		return fmt.Sprintf("policy: %s: %s", e.Dir, lines[0])
+		return "policy: " + lines[0]
 	}
-	return fmt.Sprintf("policy: %s: %d problems:\n  %s", e.Dir, len(lines), strings.Join(lines, "\n  "))
+	return fmt.Sprintf("policy: %d problems in %s:\n  %s", len(lines), e.Dir, strings.Join(lines, "\n  "))
 }
 
 func (e *CompileError) addAST(file string, err error) {

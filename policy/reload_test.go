@@ -284,7 +284,7 @@ func TestReloadKeepsPreviousOnError(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"a.rego": "package t.a\n\nallow := true if {\n"})
 	err = e.Reload(ctx)
 	var ce *CompileError
-	if !errors.As(err, &ce) || ce.Problems[0].File != "a.rego" || ce.Problems[0].Line == 0 {
+	if !errors.As(err, &ce) || ce.Problems[0].File != filepath.Join(dir, "a.rego") || ce.Problems[0].Line == 0 {
 		t.Fatalf("got %v, want a CompileError located in a.rego", err)
 	}
 	if e.Current().Revision() != rev {

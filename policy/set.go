@@ -110,26 +110,29 @@ func Load(ctx context.Context, dir string, opts LoadOptions) (*Set, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("policy: load %s: %w", dir, err)
 		}
+		// Modules and problems carry the path as the operator knows it
+		// (policies/routes/app.rego), so that file:line leads to the file.
+		path := filepath.Join(dir, filepath.FromSlash(f.rel))
 		switch {
 		case strings.HasSuffix(f.rel, ".rego"):
-			m, err := ast.ParseModuleWithOpts(f.rel, string(f.content), popts)
+			m, err := ast.ParseModuleWithOpts(path, string(f.content), popts)
 			if err != nil {
-				cerr.addAST(f.rel, err)
+				cerr.addAST(path, err)
 				continue
 			}
 			if m == nil {
-				cerr.Problems = append(cerr.Problems, Problem{File: f.rel, Message: "empty module: a .rego file needs a package declaration"})
+				cerr.Problems = append(cerr.Problems, Problem{File: path, Message: "empty module: a .rego file needs a package declaration"})
 				continue
 			}
-			modules[f.rel] = m
+			modules[path] = m
 		default:
 			var doc any
 			if err := util.Unmarshal(f.content, &doc); err != nil {
-				cerr.Problems = append(cerr.Problems, Problem{File: f.rel, Message: fmt.Sprintf("not valid JSON or YAML: %v", err)})
+				cerr.Problems = append(cerr.Problems, Problem{File: path, Message: fmt.Sprintf("not valid JSON or YAML: %v", err)})
 				continue
 			}
 			if err := mountData(data, dataPath(f.rel), doc); err != nil {
-				cerr.Problems = append(cerr.Problems, Problem{File: f.rel, Message: err.Error()})
+				cerr.Problems = append(cerr.Problems, Problem{File: path, Message: err.Error()})
 			}
 		}
 	}
