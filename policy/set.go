@@ -258,8 +258,14 @@ func (s *Set) ValidatePackage(p *confkit.Problems, path, pkg string) {
 		return
 	}
 	if !s.HasPackage(pkg) {
-		p.Add(path, "package %s not found in policy.dir (%s); packages found: %s",
-			strings.TrimPrefix(pkg, "data."), s.dir, strings.Join(s.Packages(), ", "))
+		var routes []string
+		for _, name := range s.Packages() {
+			if s.hasAllowRule(name) {
+				routes = append(routes, name)
+			}
+		}
+		p.Add(path, "package %s not found in policy.dir (%s); packages with an allow rule: %s",
+			strings.TrimPrefix(pkg, "data."), s.dir, strings.Join(routes, ", "))
 		return
 	}
 	if !s.hasAllowRule(pkg) {
