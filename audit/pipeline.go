@@ -466,7 +466,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 		last := batch[len(batch)-1].Seq
 		if p.spool != nil {
-			if err := p.spool.Ack(last); err != nil {
+			inst, hash := eventHead(batch[len(batch)-1].Data)
+			if err := p.spool.Ack(last, hash, inst); err != nil {
 				p.log.Error("audit: recording the acknowledgement", "err", err)
 			}
 		}

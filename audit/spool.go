@@ -147,8 +147,8 @@ const (
 	segSuffix      = ".seg"
 	segNameFormat  = "%020d.seg"
 	ackFileName    = "ack"
-	ackRecordLen   = 12          // u64 seq + u32 CRC
-	spoolRetryWait = time.Second // between a write failure and the next attempt
+	maxAckRecord   = 8 + 1 + 255 + 1 + 255 + 4 // seq, hash, instance (length-prefixed), CRC
+	spoolRetryWait = time.Second               // between a write failure and the next attempt
 	minSegBytes    = 4 << 10
 	maxSegBytes    = 64 << 20
 	readChunk      = 1 << 20 // bytes read per step at most (a larger record is read whole)
@@ -235,9 +235,11 @@ func (s *Spool) load() error {
 	if err != nil {
 		return fmt.Errorf("audit: spool: %w", err)
 	}
-	var ab [ackRecordLen]byte
-	if n, _ := s.ackFile.ReadAt(ab[:], 0); n == ackRecordLen && crc32.Checksum(ab[:8], s.table) == binary.LittleEndian.Uint32(ab[8:]) {
-		s.acked = binary.LittleEndian.Uint64(ab[:8])
+	var ab [maxAckRecord]byte
+	n, _ := s.ackFile.ReadAt(ab[:], 0)
+	ackSeq, ackHash, ackInstance, ackOK := s.parseAck(ab[:n])
+	if ackOK {
+		s.acked = ackSeq
 	}
 
 	var lastData []byte
@@ -272,6 +274,12 @@ func (s *Spool) load() error {
 	}
 	s.segs = kept
 
+	if len(s.segs) == 0 && ackOK && ackSeq > 0 {
+		// Everything was acknowledged and deleted (or the only records
+		// left were torn): the acknowledgement is the tail.
+		s.appended, s.durable = ackSeq, ackSeq
+		s.appendHash, s.durableHash, s.tailInstance = ackHash, ackHash, ackInstance
+	}
 	if len(s.segs) > 0 {
 		if first := s.segs[0].first; s.acked < first-1 {
 			s.acked = first - 1
@@ -790,9 +798,12 @@ func (s *Spool) skipTo(seq uint64, size int64) error {
 	return nil
 }
 
-// Ack records that the sink holds every event up to seq: the reader never
-// goes back before it, and segments entirely at or below it are deleted.
-func (s *Spool) Ack(seq uint64) error {
+// Ack records that the sink holds every event up to seq (whose event has
+// the given hash and instance): the reader never goes back before it, and
+// segments entirely at or below it are deleted. The acknowledgement is
+// fsync'd only before segments are deleted, so that the chain's tail is
+// never lost with them.
+func (s *Spool) Ack(seq uint64, hash, instance string) error {
 	s.mu.Lock()
 	if seq <= s.acked {
 		s.mu.Unlock()
@@ -802,11 +813,23 @@ func (s *Spool) Ack(seq uint64) error {
 	doomed := s.deleteAcked()
 	s.mu.Unlock()
 
-	var b [ackRecordLen]byte
-	binary.LittleEndian.PutUint64(b[:8], seq)
-	binary.LittleEndian.PutUint32(b[8:], crc32.Checksum(b[:8], s.table))
-	if _, err := s.ackFile.WriteAt(b[:], 0); err != nil {
+	if len(hash) > 255 || len(instance) > 255 {
+		return errors.New("audit: spool: ack: hash or instance too long")
+	}
+	b := make([]byte, 0, maxAckRecord)
+	b = binary.LittleEndian.AppendUint64(b, seq)
+	b = append(b, byte(len(hash)))
+	b = append(b, hash...)
+	b = append(b, byte(len(instance)))
+	b = append(b, instance...)
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, s.table))
+	if _, err := s.ackFile.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("audit: spool: write ack: %w", err)
+	}
+	if len(doomed) > 0 {
+		if err := s.ackFile.Sync(); err != nil {
+			return fmt.Errorf("audit: spool: sync ack: %w", err)
+		}
 	}
 	var errs []error
 	for _, sg := range doomed {
@@ -822,6 +845,33 @@ func (s *Spool) Ack(seq uint64) error {
 		return fmt.Errorf("audit: spool: delete acknowledged segments: %w", err)
 	}
 	return nil
+}
+
+// parseAck decodes the acknowledgement record; ok is false when b holds
+// none (a new spool) or a damaged one.
+func (s *Spool) parseAck(b []byte) (seq uint64, hash, instance string, ok bool) {
+	if len(b) < 8+1 {
+		return 0, "", "", false
+	}
+	p := 8
+	hl := int(b[p])
+	p++
+	if len(b) < p+hl+1 {
+		return 0, "", "", false
+	}
+	hash = string(b[p : p+hl])
+	p += hl
+	il := int(b[p])
+	p++
+	if len(b) < p+il+4 {
+		return 0, "", "", false
+	}
+	instance = string(b[p : p+il])
+	p += il
+	if crc32.Checksum(b[:p], s.table) != binary.LittleEndian.Uint32(b[p:p+4]) {
+		return 0, "", "", false
+	}
+	return binary.LittleEndian.Uint64(b[:8]), hash, instance, true
 }
 
 // deleteAcked drops every segment but the active one whose records are all

@@ -81,7 +81,7 @@ func TestSpoolReplaysUnacknowledged(t *testing.T) {
 	if got := readAll(t, s); !equalSeqs(got, seqRange(1, 10)) {
 		t.Fatalf("read %v, want 1..10", got)
 	}
-	if err := s.Ack(6); err != nil {
+	if err := s.Ack(6, "sha256:6", "t"); err != nil {
 		t.Fatal(err)
 	}
 	before := s.Stats()
@@ -121,7 +121,7 @@ func TestSpoolDeletesAcknowledgedSegments(t *testing.T) {
 	appendSync(t, s, 7, 9)
 	readAll(t, s)
 	full := s.Stats()
-	if err := s.Ack(9); err != nil {
+	if err := s.Ack(9, "sha256:9", "t"); err != nil {
 		t.Fatal(err)
 	}
 	st := s.Stats()
@@ -281,5 +281,39 @@ func TestSpoolSecondOpenRefused(t *testing.T) {
 	if s2, err := OpenSpool(dir, 1<<20, SpoolOptions{}); err == nil {
 		s2.Close()
 		t.Error("a second OpenSpool of the same directory succeeded")
+	}
+}
+
+func TestSpoolTailSurvivesDeletedSegments(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(dir, 1<<20, SpoolOptions{SegmentBytes: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendSync(t, s, 1, 3)
+	appendSync(t, s, 4, 4) // starts a new segment
+	readAll(t, s)
+	if err := s.Ack(3, "sha256:3", "t"); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Segments != 1 {
+		t.Fatalf("%d segments after ack, want 1", st.Segments)
+	}
+	s.Close()
+	// The crash tore the only record left.
+	if err := os.Truncate(filepath.Join(dir, fmt.Sprintf(segNameFormat, 4)), 5); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenSpool(dir, 1<<20, SpoolOptions{SegmentBytes: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if seq, hash := s.Tail(); seq != 3 || hash != "sha256:3" || s.TailInstance() != "t" {
+		t.Errorf("tail = %d %q %q, want the acknowledged seq 3 sha256:3 of t", seq, hash, s.TailInstance())
+	}
+	appendSync(t, s, 4, 5)
+	if got := readAll(t, s); !equalSeqs(got, seqRange(4, 5)) {
+		t.Errorf("read %v, want 4..5", got)
 	}
 }
