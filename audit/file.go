@@ -106,6 +106,13 @@ func (s *FileSink) open() error {
 		f.Close()
 		return fmt.Errorf("audit: file sink: %w", err)
 	}
+	if last == nil {
+		// Just rotated: the newest event is at the end of Path.1.
+		if prev, err := os.Open(s.path + ".1"); err == nil {
+			_, last, _ = lastLine(prev)
+			prev.Close()
+		}
+	}
 	if last != nil {
 		var h struct {
 			Instance string `json:"instance"`

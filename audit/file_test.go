@@ -190,3 +190,31 @@ func TestMultiSinkRetriesWithoutDuplicates(t *testing.T) {
 		t.Errorf("second sink holds %d events, want 6", flaky.count())
 	}
 }
+
+func TestFileSinkSuppressesRedeliveryAfterRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	cfg := FileConfig{Path: path, MaxBytes: 2000, MaxFiles: 5}
+	evs := encodedChain(t, "a", 5)
+	s, err := NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishEncoded(context.Background(), evs[:3]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// The live file was rotated away and nothing written since.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	s, err = NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishEncoded(context.Background(), evs[1:]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	verifyAll(t, readSource(t, NewFileSource(path, FileSourceOptions{}), Filter{}), 5)
+}
