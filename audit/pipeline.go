@@ -323,11 +323,13 @@ func (p *Pipeline) sealNext(ev *Event, body []byte) (Encoded, error) {
 	return Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data}, nil
 }
 
-// drop counts and logs an event that was not recorded.
+// drop counts and logs an event that was not recorded, and takes back the
+// chain fields it may have been given (its seq goes to the next event).
 func (p *Pipeline) drop(ev *Event, reason string, err error) error {
 	p.m.dropped.WithLabelValues(reason).Inc()
 	p.log.Warn("audit: event dropped", "reason", reason, "request_id", ev.RequestID,
-		"decision", ev.Decision, "route", ev.Route, "sub", ev.User.Sub, "err", err)
+		"decision", ev.Decision, "route", ev.Route, "sub", ev.User.Sub, "time", ev.Time, "err", err)
+	ev.Seq, ev.PrevHash, ev.Hash = 0, "", ""
 	return err
 }
 
