@@ -262,7 +262,8 @@ func TestPipelineCrashCutsTornRecordAndContinues(t *testing.T) {
 
 func TestPipelineDurableRecordWaitsForFsync(t *testing.T) {
 	env := newEnv(t, ModeDurable)
-	p, _ := env.open(t, &memSink{}, true)
+	sink := &memSink{}
+	p, stop := env.open(t, sink, true)
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
@@ -287,6 +288,11 @@ func TestPipelineDurableRecordWaitsForFsync(t *testing.T) {
 	}
 	if got := counterValue(t, p.m.recorded); got != 200 {
 		t.Errorf("recorded metric = %v, want 200", got)
+	}
+	stop()
+	verifyAll(t, sink.decoded(t), 200)
+	if got := counterValue(t, p.m.acked); got != 200 {
+		t.Errorf("acknowledged metric = %v, want 200", got)
 	}
 }
 
