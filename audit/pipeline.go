@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,6 +178,9 @@ func Open(ctx context.Context, cfg Config, dataDir string, sink Sink, opts Optio
 		p.queue = make(chan queued, buf)
 		p.last = st
 		p.acked.Store(st.Seq)
+		if segs, _ := filepath.Glob(filepath.Join(cfg.Spool.Dir, "*"+segSuffix)); len(segs) > 0 {
+			p.log.Warn("audit: the spool holds events from a durable run; they are delivered when durable mode runs again", "dir", cfg.Spool.Dir, "segments", len(segs))
+		}
 	default:
 		return nil, fmt.Errorf("audit: unknown mode %q", p.mode)
 	}

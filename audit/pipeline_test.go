@@ -489,3 +489,37 @@ func TestPipelineSpoolWriteFailureLeavesNoGap(t *testing.T) {
 	stop()
 	verifyAll(t, sink.decoded(t), 4)
 }
+
+func TestPipelineMetricNames(t *testing.T) {
+	env := newEnv(t, ModeDurable)
+	reg := prometheus.NewRegistry()
+	p, err := Open(context.Background(), env.cfg, env.dataDir, &memSink{}, Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	record(t, p, 1, 1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = true
+	}
+	for _, name := range []string{
+		"portcullis_audit_events_recorded_total",
+		"portcullis_audit_events_acknowledged_total",
+		"portcullis_audit_events_dropped_total",
+		"portcullis_audit_events_lost_total",
+		"portcullis_audit_spool_bytes",
+		"portcullis_audit_publish_seconds",
+		"portcullis_audit_sink_live",
+		"portcullis_audit_backlog_events",
+		"portcullis_audit_spool_commits_total",
+	} {
+		if !got[name] {
+			t.Errorf("metric %s is not registered", name)
+		}
+	}
+}
