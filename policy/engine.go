@@ -155,8 +155,9 @@ func (e *Engine) Reload(ctx context.Context) error {
 }
 
 func (e *Engine) reloadFailed(err error) {
-	e.metrics.reloadErrors.Inc()
-	e.metrics.lastReloadOK.Set(0)
+	// Log first, count second: whoever sees the counter move finds the log.
+	defer e.metrics.lastReloadOK.Set(0)
+	defer e.metrics.reloadErrors.Inc()
 	keep := "none (every decision is an error until the policies compile)"
 	if s := e.current.Load(); s != nil {
 		keep = s.Revision()

@@ -81,8 +81,16 @@ func writeFiles(t testing.TB, dir string, files map[string]string) {
 	}
 }
 
+// testTimeout is the decision timeout of tests that are not about
+// timeouts: far above any decision, so that a loaded machine running the
+// race detector does not turn a slow decision into a timeout.
+const testTimeout = 10 * time.Second
+
 func mustLoad(t testing.TB, dir string, opts LoadOptions) *Set {
 	t.Helper()
+	if opts.DecisionTimeout == 0 {
+		opts.DecisionTimeout = testTimeout
+	}
 	s, err := Load(context.Background(), dir, opts)
 	if err != nil {
 		t.Fatalf("Load(%s): %v", dir, err)

@@ -90,7 +90,7 @@ func TestHotReload(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"route.rego": demoAliceOnly})
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
-	e, err := NewEngine(Config{Dir: dir, DecisionTimeout: time.Second}, Options{
+	e, err := NewEngine(Config{Dir: dir, DecisionTimeout: testTimeout}, Options{
 		Logger:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer: reg,
 	})
@@ -171,8 +171,8 @@ func TestHotReload(t *testing.T) {
 	if d := e.Eval(ctx, "t.route", input(bob, "GET", "/")); !d.Allow || d.Reason != "bob only" {
 		t.Errorf("after a syntax error: got %+v, want bob still allowed", d)
 	}
-	if !strings.Contains(logs.String(), "route.rego:") || !strings.Contains(logs.String(), "line=") {
-		t.Errorf("log does not name route.rego with a line:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "route.rego:5") || !strings.Contains(logs.String(), "line=5") {
+		t.Errorf("log does not name route.rego with its line:\n%s", logs.String())
 	}
 	if got := metricValue(t, reg, "portcullis_policy_last_reload_success"); got != 0 {
 		t.Errorf("portcullis_policy_last_reload_success = %v after a failed reload, want 0", got)
@@ -269,7 +269,7 @@ func TestReloadKeepsPreviousOnError(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"a.rego": allowAll})
 	reg := prometheus.NewRegistry()
-	e, err := NewEngine(Config{Dir: dir}, Options{Registerer: reg})
+	e, err := NewEngine(Config{Dir: dir, DecisionTimeout: testTimeout}, Options{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 // TestShippedPolicies decides requests with every route package of the
 // policies/ library through Engine.Eval, as the proxy does.
 func TestShippedPolicies(t *testing.T) {
-	e, err := NewEngine(Config{Dir: shippedDir}, Options{Clock: fixedClock{thursdayMorning}})
+	e, err := NewEngine(Config{Dir: shippedDir, DecisionTimeout: testTimeout}, Options{Clock: fixedClock{thursdayMorning}})
 	if err != nil {
 		t.Fatal(err)
 	}
