@@ -1,0 +1,244 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/portcullis/portcullis/audit"
+	"github.com/portcullis/portcullis/policy"
+)
+
+// NewTransport returns the transport used to reach upstreams: bounded dial,
+// TLS handshake and idle times; HTTP/2 to TLS upstreams when they offer it.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: nil, // never route upstream traffic through an environment proxy
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   128,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: 1 * time.Second,
+	}
+}
+
+func (h *Handler) newReverseProxy(st *State, route *Route) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Transport: st.Transport,
+		// Flush SSE and unknown-length bodies as they arrive (ReverseProxy
+		// already does for text/event-stream); buffered otherwise.
+		FlushInterval: 50 * time.Millisecond,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			x := exchangeFrom(pr.In.Context())
+			h.rewrite(pr, x, route)
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			x := exchangeFrom(resp.Request.Context())
+			x.timer.Stop()
+			return h.upstreamAnswered(resp, x)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			h.upstreamFailed(w, r, exchangeFrom(r.Context()), err)
+		},
+		ErrorLog: nil,
+	}
+}
+
+// rewrite builds the upstream request (SPEC §4).
+func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) {
+	out := pr.Out
+	up := route.UpstreamURL
+	out.URL.Scheme = up.Scheme
+	out.URL.Host = up.Host
+	// The upstream receives the normalized path the policy saw, below the
+	// upstream URL's own path.
+	base := strings.TrimSuffix(up.Path, "/")
+	out.URL.Path = base + x.target.Path
+	if x.target.RawPath != x.target.Path {
+		out.URL.RawPath = strings.TrimSuffix(up.EscapedPath(), "/") + x.target.RawPath
+	} else {
+		out.URL.RawPath = ""
+	}
+	out.URL.RawQuery = x.target.RawQuery
+	if route.PassHostHeader {
+		out.Host = pr.In.Host
+	} else {
+		out.Host = ""
+	}
+
+	scrubClientHeaders(out.Header, x.client.Trusted)
+	x.st.Auth.StripCredentials(out.Header)
+
+	// X-Forwarded-*: appended to a trusted proxy's values, else fresh.
+	if x.client.Trusted {
+		if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			out.Header["X-Forwarded-For"] = []string{headerList(prior)}
+		}
+	}
+	pr.SetXForwarded()
+	out.Header.Set("X-Forwarded-Proto", x.client.Proto)
+	out.Header.Set("X-Forwarded-Host", x.client.Host)
+	out.Header.Set(HeaderRequestID, x.id)
+
+	if x.who != nil && x.who.Authenticated {
+		out.Header.Set(HeaderUser, x.who.Sub)
+		if x.who.Email != "" {
+			out.Header.Set(HeaderEmail, x.who.Email)
+		}
+		if len(x.who.Groups) > 0 {
+			out.Header.Set(HeaderGroups, strings.Join(x.who.Groups, ","))
+		}
+		if tok, err := x.st.Auth.Assertion(x.who, route.Name, route.Audience(), x.id); err == nil {
+			out.Header.Set(HeaderAssertion, tok)
+		} else {
+			h.log.Error("signing the identity assertion failed", "request_id", x.id, "err", err)
+		}
+	}
+	for k, v := range x.decision.Headers {
+		out.Header.Set(k, v)
+	}
+}
+
+// upstreamAnswered records the allow event once the upstream's status is
+// known, before the response reaches the client.
+func (h *Handler) upstreamAnswered(resp *http.Response, x *exchange) error {
+	streaming := resp.StatusCode == http.StatusSwitchingProtocols ||
+		strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") ||
+		resp.ContentLength < 0
+	if streaming {
+		_ = x.rc.SetWriteDeadline(time.Time{})
+	} else {
+		_ = x.rc.SetWriteDeadline(h.clock.Now().Add(x.st.Server.WriteTimeout))
+	}
+	// Never let an upstream set Portcullis's own identity headers on the
+	// response, nor override the request id.
+	for name := range resp.Header {
+		if isIdentityHeader(name) {
+			delete(resp.Header, name)
+		}
+	}
+	resp.Header.Set(HeaderRequestID, x.id)
+	err := h.record(resp.Request, x, resp.StatusCode, audit.DecisionAllow, x.decision.Reason)
+	if err != nil && h.opts.FailClosed {
+		return errAuditFailClosed
+	}
+	h.finish(resp.Request, x, resp.StatusCode, audit.DecisionAllow)
+	return nil
+}
+
+var errAuditFailClosed = errors.New("proxy: audit unavailable in fail-closed mode")
+
+func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
+	status, kind, reason := http.StatusBadGateway, "unreachable", "upstream unreachable"
+	switch {
+	case errors.Is(err, errAuditFailClosed):
+		// The upstream answered but the event could not be recorded:
+		// the client gets 503, never the unrecorded response.
+		x.recorded = false
+		status, kind, reason = http.StatusServiceUnavailable, "", "audit unavailable"
+		h.record(r, x, status, audit.DecisionError, reason)
+		writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: pageMessage(status), Reason: reason, RequestID: x.id, Error: "audit_unavailable"})
+		h.finish(r, x, status, audit.DecisionError)
+		return
+	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout), errors.Is(err, context.DeadlineExceeded):
+		status, kind, reason = http.StatusGatewayTimeout, "timeout", "upstream timed out"
+	case r.Context().Err() != nil:
+		// The client went away (nginx's 499); nobody reads the answer.
+		status, kind, reason = 499, "canceled", "client closed the request"
+	}
+	if kind != "" {
+		h.m.upstreamErrors.WithLabelValues(x.route.Name, kind).Inc()
+	}
+	h.log.Warn("upstream request failed", "request_id", x.id, "route", x.route.Name, "err", err)
+	h.record(r, x, status, audit.DecisionAllow, reason)
+	if status == 499 {
+		h.finish(r, x, status, audit.DecisionAllow)
+		return
+	}
+	writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: pageMessage(status), Reason: reason, RequestID: x.id, Error: "bad_gateway"})
+	h.finish(r, x, status, audit.DecisionAllow)
+}
+
+// policyInput builds SPEC §5's input document.
+func policyInput(r *http.Request, x *exchange) *policy.Input {
+	in := &policy.Input{}
+	in.Request.ID = x.id
+	in.Request.Method = r.Method
+	in.Request.Scheme = x.client.Proto
+	in.Request.Host = x.host
+	in.Request.Path = x.target.Path
+	in.Request.Query = parseQuery(x.target.RawQuery)
+	in.Request.Headers = policyHeaders(r.Header)
+	in.Request.RemoteAddr = x.client.Addr
+	in.Request.Time = x.start
+	if x.who != nil && x.who.Authenticated {
+		in.User.Authenticated = true
+		in.User.Sub = x.who.Sub
+		in.User.Email = x.who.Email
+		in.User.EmailVerified = x.who.EmailVerified
+		in.User.Groups = x.who.Groups
+		in.User.Issuer = x.who.Issuer
+		in.User.Provider = x.who.Provider
+		in.User.AuthMethod = x.who.AuthMethod
+		in.User.Claims = x.who.Claims
+	}
+	if in.User.Groups == nil {
+		in.User.Groups = []string{}
+	}
+	in.Route.Name = x.route.Name
+	in.Route.Host = x.route.Host
+	in.Route.Path = x.route.Path
+	in.Route.Upstream = x.route.Upstream
+	return in
+}
+
+// policyHeaders lower-cases header names and leaves out credentials and
+// Portcullis's own identity headers (which the client may not set).
+func policyHeaders(h http.Header) map[string][]string {
+	out := make(map[string][]string, len(h))
+	for k, v := range h {
+		lk := strings.ToLower(k)
+		switch lk {
+		case "cookie", "authorization", "proxy-authorization":
+			continue
+		}
+		if isIdentityHeader(lk) {
+			continue
+		}
+		out[lk] = v
+	}
+	return out
+}
+
+func parseQuery(raw string) map[string][]string {
+	q := map[string][]string{}
+	if raw == "" {
+		return q
+	}
+	for _, part := range strings.Split(raw, "&") {
+		if part == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(part, "=")
+		k = unescapeQuery(k)
+		q[k] = append(q[k], unescapeQuery(v))
+	}
+	return q
+}
+
+func unescapeQuery(s string) string {
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return s
+}

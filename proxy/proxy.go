@@ -1,0 +1,179 @@
+// Package proxy is Portcullis's request path: it normalizes and routes each
+// request, asks identity who is calling, asks policy whether they may,
+// forwards allowed requests with a signed identity, and records every
+// decision with audit. It composes those packages; they never import it.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portcullis/portcullis/audit"
+	"github.com/portcullis/portcullis/identity"
+	"github.com/portcullis/portcullis/policy"
+)
+
+// Authenticator is what the proxy needs from the identity package.
+// Implementations are safe for concurrent use.
+type Authenticator interface {
+	// Authenticate returns the caller's identity, (nil, nil) when the
+	// request carries no credentials, or an error wrapping
+	// identity.ErrInvalidCredentials for credentials that do not verify.
+	Authenticate(w http.ResponseWriter, r *http.Request) (*identity.Identity, error)
+	// StartLogin answers a browser request with a redirect into sign-in.
+	StartLogin(w http.ResponseWriter, r *http.Request)
+	// Handler serves /.portcullis/* and the JWKS.
+	Handler() http.Handler
+	// OwnsPath reports whether Handler serves path.
+	OwnsPath(path string) bool
+	// StripCredentials removes the session cookie and the Authorization
+	// header used to authenticate.
+	StripCredentials(h http.Header)
+	// Assertion signs the identity for one upstream request.
+	Assertion(id *identity.Identity, route, audience, requestID string) (string, error)
+}
+
+// Evaluator is what the proxy needs from the policy package.
+type Evaluator interface {
+	Eval(ctx context.Context, pkg string, in *policy.Input) policy.Decision
+}
+
+var (
+	_ Evaluator     = (*policy.Engine)(nil)
+)
+
+// Clock tells the time; tests pass a fake.
+type Clock interface{ Now() time.Time }
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+// Options are the long-lived collaborators of a Handler.
+type Options struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Clock      Clock
+	// Audit records every decision; required.
+	Audit audit.Recorder
+	// FailClosed makes the proxy answer 503 instead of forwarding while
+	// Audit is not accepting events (audit.mode: fail-closed).
+	FailClosed bool
+	// AccessLog writes one line per request at Info level when true.
+	AccessLog bool
+}
+
+// State is everything a configuration reload replaces at once. A request
+// keeps the State it started with until it completes.
+type State struct {
+	// Routes as validated; the State keeps its own copy.
+	Routes []Route
+	Listen ListenConfig
+	Server ServerConfig
+	Auth   Authenticator
+	Policy Evaluator
+	// ExternalHost is the host of identity.external_url (normalized); the
+	// identity endpoints are served there even when no route uses it.
+	ExternalHost string
+	// HSTS is the Strict-Transport-Security value, or "".
+	HSTS string
+	// Transport carries requests to upstreams (shared by all routes).
+	Transport http.RoundTripper
+
+	table   *table
+	proxies map[*Route]*httputil.ReverseProxy
+}
+
+// Handler is the proxy's http.Handler. Swap replaces its State atomically.
+type Handler struct {
+	opts  Options
+	log   *slog.Logger
+	clock Clock
+	m     *metrics
+	state atomic.Pointer[State]
+}
+
+// NewHandler builds a Handler serving st.
+func NewHandler(st *State, opts Options) (*Handler, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = wallClock{}
+	}
+	if opts.Audit == nil {
+		return nil, errors.New("proxy: an audit recorder is required")
+	}
+	h := &Handler{opts: opts, log: opts.Logger, clock: opts.Clock, m: newMetrics(opts.Registerer)}
+	if err := h.Swap(st); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Swap installs a new State. Requests already in flight finish with the
+// State they started with.
+func (h *Handler) Swap(st *State) error {
+	if st.Auth == nil || st.Policy == nil {
+		return errors.New("proxy: state needs an authenticator and a policy evaluator")
+	}
+	if st.Transport == nil {
+		st.Transport = NewTransport()
+	}
+	st.table = newTable(st.Routes)
+	st.proxies = make(map[*Route]*httputil.ReverseProxy, len(st.Routes))
+	for i := range st.Routes {
+		r := &st.Routes[i]
+		st.proxies[r] = h.newReverseProxy(st, r)
+	}
+	h.state.Store(st)
+	return nil
+}
+
+// Current returns the State in use.
+func (h *Handler) Current() *State { return h.state.Load() }
+
+// HostAllowed reports whether host is served by the current configuration
+// (a route host or the external URL's host). The identity package uses it to
+// validate return-to targets; it follows reloads.
+func (h *Handler) HostAllowed(host string) bool {
+	n, ok := NormalizeHost(host)
+	if !ok {
+		return false
+	}
+	st := h.state.Load()
+	if st == nil {
+		return false
+	}
+	return n == st.ExternalHost || st.table.hasHost(n)
+}
+
+// ObserveReload counts a configuration reload result in metrics.
+func (h *Handler) ObserveReload(ok bool) {
+	if ok {
+		h.m.reloads.WithLabelValues("ok").Inc()
+	} else {
+		h.m.reloads.WithLabelValues("error").Inc()
+	}
+}
+
+// newRequestID returns 128 random bits, hex-encoded.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func headerList(vals []string) string { return strings.Join(vals, ",") }

@@ -1,0 +1,488 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/portcullis/portcullis/audit"
+	"github.com/portcullis/portcullis/identity"
+	"github.com/portcullis/portcullis/internal/confkit"
+	"github.com/portcullis/portcullis/policy"
+)
+
+// fakeAuth authenticates "Authorization: Test <sub>" and stands in for the
+// identity package, whose real flows are tested there and end to end.
+type fakeAuth struct{}
+
+func (fakeAuth) Authenticate(w http.ResponseWriter, r *http.Request) (*identity.Identity, error) {
+	v := r.Header.Get("Authorization")
+	sub, ok := strings.CutPrefix(v, "Test ")
+	if !ok {
+		if v != "" {
+			return nil, identity.ErrInvalidCredentials
+		}
+		return nil, nil
+	}
+	return &identity.Identity{Authenticated: true, Sub: sub, Email: sub + "@example.com", Groups: []string{"engineering"}, AuthMethod: "bearer"}, nil
+}
+func (fakeAuth) StartLogin(w http.ResponseWriter, r *http.Request) {
+	http.Redirect(w, r, "https://idp.test/authorize", http.StatusFound)
+}
+func (fakeAuth) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "own:"+r.URL.Path) })
+}
+func (fakeAuth) OwnsPath(p string) bool { return strings.HasPrefix(p, "/.portcullis/") }
+func (fakeAuth) StripCredentials(h http.Header) {
+	h.Del("Authorization")
+}
+func (fakeAuth) Assertion(id *identity.Identity, route, audience, requestID string) (string, error) {
+	return "signed." + id.Sub + "." + route + "." + audience, nil
+}
+
+// fakePolicy allows everything except paths under /deny.
+type fakePolicy struct{}
+
+func (fakePolicy) Eval(ctx context.Context, pkg string, in *policy.Input) policy.Decision {
+	if strings.HasPrefix(in.Request.Path, "/deny") {
+		return policy.Decision{Outcome: "deny", Reason: "denied by test", Status: 403, Package: pkg}
+	}
+	return policy.Decision{Allow: true, Outcome: "allow", Package: pkg, Revision: "sha256:test",
+		Headers: map[string]string{"X-Policy-Header": "yes"}}
+}
+
+// memRecorder keeps events in memory.
+type memRecorder struct {
+	mu     sync.Mutex
+	events []*audit.Event
+}
+
+func (m *memRecorder) Record(ctx context.Context, ev *audit.Event) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.events = append(m.events, ev)
+	return nil
+}
+func (m *memRecorder) Accepting() bool { return true }
+func (m *memRecorder) all() []*audit.Event {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*audit.Event(nil), m.events...)
+}
+
+type upstreamSeen struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (u *upstreamSeen) last() *http.Request {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.reqs) == 0 {
+		return nil
+	}
+	return u.reqs[len(u.reqs)-1]
+}
+
+// newTestProxy starts an upstream recording what it receives and a proxy
+// (HTTPS with HTTP/2, self-made cert) in front of it.
+func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen, *memRecorder, *Handler) {
+	t.Helper()
+	seen := &upstreamSeen{}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.mu.Lock()
+		seen.reqs = append(seen.reqs, r.Clone(context.Background()))
+		seen.mu.Unlock()
+		w.Header().Set("X-Portcullis-User", "upstream-spoof")
+		fmt.Fprintf(w, "path=%s raw=%s", r.URL.Path, r.URL.RawPath)
+	}))
+	t.Cleanup(up.Close)
+	if routes == nil {
+		routes = []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Policy: "portcullis.routes.app"}}
+	}
+	for i := range routes {
+		if routes[i].Upstream == "" {
+			routes[i].Upstream = up.URL
+		}
+		if routes[i].Policy == "" {
+			routes[i].Policy = "portcullis.routes.app"
+		}
+		routes[i].SetDefaults()
+	}
+	var p confkit.Problems
+	ValidateRoutes(&p, "routes", routes)
+	if err := p.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rec := &memRecorder{}
+	var srvCfg ServerConfig
+	srvCfg.SetDefaults()
+	h, err := NewHandler(&State{Routes: routes, Server: srvCfg, Auth: fakeAuth{}, Policy: fakePolicy{}, ExternalHost: "auth.test"},
+		Options{Logger: slog.New(slog.DiscardHandler), Audit: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := httptest.NewUnstartedServer(h)
+	ps.EnableHTTP2 = true
+	ps.StartTLS()
+	t.Cleanup(ps.Close)
+	return ps, seen, rec, h
+}
+
+func do(t *testing.T, ps *httptest.Server, method, host, target string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, ps.URL+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	req.URL.Opaque = target // sent verbatim as the request-target
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := ps.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
+	ps, seen, _, _ := newTestProxy(t, nil)
+	variants := []string{
+		"X-Portcullis-User", "x-portcullis-user", "X-PORTCULLIS-USER", "X-Portcullis-Email",
+		"X-Portcullis-Groups", "X-Portcullis-Assertion", "X_Portcullis_User", "x_portcullis_email",
+		"X-Portcullis_Groups", "X_PORTCULLIS_ASSERTION", "X-Portcullis-Admin", "X-Portcullis-Anything",
+		"x-pORTCULLIS-gROUPS", "X-Portcullis-User-Id", "X-Portcullis", "X-Original-URL", "X-Rewrite-URL",
+		"X-Forwarded-Uri", "Forwarded", "X-Request-Id", "X_Forwarded_For", "X-Original-Uri",
+	}
+	for _, authed := range []bool{false, true} {
+		for _, name := range variants {
+			t.Run(fmt.Sprintf("%s/authenticated=%v", name, authed), func(t *testing.T) {
+				hdr := http.Header{name: {"attacker"}}
+				// Raw names keep their spelling: set them outside canonicalization.
+				hdr = http.Header{}
+				hdr[name] = []string{"attacker"}
+				hdr["Connection"] = []string{"X-Portcullis-User, X-Request-Id"}
+				if authed {
+					hdr["Authorization"] = []string{"Test alice"}
+				}
+				resp, _ := do(t, ps, "GET", "app.test", "/x", hdr)
+				if !authed {
+					// Not signed in on a private route: never forwarded.
+					if resp.StatusCode != http.StatusUnauthorized {
+						t.Fatalf("status = %d, want 401", resp.StatusCode)
+					}
+					return
+				}
+				if resp.StatusCode != 200 {
+					t.Fatalf("status = %d, want 200", resp.StatusCode)
+				}
+				r := seen.last()
+				for k, vs := range r.Header {
+					for _, v := range vs {
+						if v == "attacker" {
+							t.Errorf("upstream received spoofed %s: %s", k, v)
+						}
+					}
+				}
+				if got := r.Header.Get("X-Portcullis-User"); got != "alice" {
+					t.Errorf("X-Portcullis-User = %q, want alice (Connection trick must not remove it)", got)
+				}
+				if r.Header.Get("X-Request-Id") == "" || r.Header.Get("X-Portcullis-Assertion") == "" {
+					t.Errorf("proxy's own headers missing: %v", r.Header)
+				}
+				if r.Header.Get("Authorization") != "" {
+					t.Errorf("credentials forwarded upstream")
+				}
+				if got := resp.Header.Get("X-Portcullis-User"); got != "" {
+					t.Errorf("upstream's X-Portcullis-User reached the client: %q", got)
+				}
+			})
+		}
+	}
+}
+
+func TestTraversalPathsAreRefusedOrForwardedAsRouted(t *testing.T) {
+	ps, seen, rec, _ := newTestProxy(t, []Route{
+		{Name: "public", Host: "app.test", Path: "/public", Public: true},
+		{Name: "root", Host: "app.test", Path: "/"},
+	})
+	tests := []struct {
+		target    string
+		wantPath  string // "" = 400
+		wantRoute string
+	}{
+		{"/public/a", "/public/a", "public"},
+		{"/public/../admin", "/admin", "root"},
+		{"/public/%2e%2e/admin", "/admin", "root"},
+		{"/public/%2E%2e/admin", "/admin", "root"},
+		{"/public/.%2E/admin", "/admin", "root"},
+		{"//public//a", "/public/a", "public"},
+		{"/public/./a", "/public/a", "public"},
+		{"/%70ublic/a", "/public/a", "public"},
+		{"/public%2f..%2fadmin", "", ""},
+		{"/public%2F..%2Fadmin", "", ""},
+		{"/public%5c..%5cadmin", "", ""},
+		{"/public\\..\\admin", "", ""},
+		{"/public/%252e%252e/admin", "", ""},
+		{"/public/%00/a", "", ""},
+		{"/public/%0d%0aSet-Cookie:x", "", ""},
+		{"/public/..;/admin", "", ""},
+		{"/public/a%zz", "", ""},
+		{"/public/a%", "", ""},
+		{"http://app.test/public/a", "", ""},
+		{"/public/\x7f", "", ""},
+		{"/public/a#b", "", ""},
+		{"/publicx", "/publicx", "root"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			before := len(rec.all())
+			hdr := http.Header{"Authorization": {"Test alice"}}
+			resp, body := do(t, ps, "GET", "app.test", tt.target, hdr)
+			if tt.wantPath == "" {
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Fatalf("status = %d (%s), want 400", resp.StatusCode, body)
+				}
+			} else {
+				if resp.StatusCode != 200 {
+					t.Fatalf("status = %d (%s), want 200", resp.StatusCode, body)
+				}
+				if got := seen.last().URL.Path; got != tt.wantPath {
+					t.Errorf("upstream path = %q, want %q", got, tt.wantPath)
+				}
+			}
+			evs := rec.all()
+			if len(evs) != before+1 {
+				t.Fatalf("audit events = %d, want one more than %d", len(evs), before)
+			}
+			ev := evs[len(evs)-1]
+			if ev.Route != tt.wantRoute {
+				t.Errorf("audited route = %q, want %q", ev.Route, tt.wantRoute)
+			}
+			if tt.wantPath != "" && ev.Request.Path != tt.wantPath {
+				t.Errorf("audited path = %q, want the routed path %q", ev.Request.Path, tt.wantPath)
+			}
+		})
+	}
+}
+
+func TestDecisionsAndStatuses(t *testing.T) {
+	ps, seen, rec, _ := newTestProxy(t, []Route{
+		{Name: "app", Host: "app.test", Path: "/"},
+		{Name: "open", Host: "open.test", Path: "/", Public: true},
+	})
+	alice := http.Header{"Authorization": {"Test alice"}}
+	tests := []struct {
+		name, host, target string
+		hdr                http.Header
+		wantStatus         int
+		wantDecision       string
+	}{
+		{"allowed", "app.test", "/x?secret=1", alice, 200, "allow"},
+		{"denied", "app.test", "/deny/x", alice, 403, "deny"},
+		{"no route", "nothing.test", "/", alice, 404, "deny"},
+		{"browser sign-in", "app.test", "/x", http.Header{"Accept": {"text/html"}}, 302, "unauthenticated"},
+		{"api sign-in", "app.test", "/x", nil, 401, "unauthenticated"},
+		{"bad credentials", "app.test", "/x", http.Header{"Authorization": {"Bearer forged"}}, 401, "unauthenticated"},
+		{"public anonymous", "open.test", "/x", nil, 200, "allow"},
+		{"own endpoint", "app.test", "/.portcullis/me", nil, 200, "allow"},
+		{"own endpoint on external host", "auth.test", "/.portcullis/login", nil, 200, "allow"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := do(t, ps, "GET", tt.host, tt.target, tt.hdr)
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status = %d (%s), want %d", resp.StatusCode, body, tt.wantStatus)
+			}
+			rid := resp.Header.Get("X-Request-Id")
+			if rid == "" {
+				t.Error("response has no X-Request-Id")
+			}
+			evs := rec.all()
+			ev := evs[len(evs)-1]
+			if ev.Decision != tt.wantDecision || ev.Response.Status != tt.wantStatus || ev.RequestID != rid {
+				t.Errorf("audit event = %s/%d/%s, want %s/%d/%s", ev.Decision, ev.Response.Status, ev.RequestID, tt.wantDecision, tt.wantStatus, rid)
+			}
+			if strings.Contains(ev.Request.Path, "secret") {
+				t.Errorf("query string recorded: %q", ev.Request.Path)
+			}
+			switch tt.wantStatus {
+			case 403:
+				var j map[string]string
+				if err := json.Unmarshal([]byte(body), &j); err != nil || j["error"] != "forbidden" || j["request_id"] != rid || j["reason"] != "denied by test" {
+					t.Errorf("403 body = %s, want JSON error/request_id/reason", body)
+				}
+			case 401:
+				if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+					t.Errorf("401 without WWW-Authenticate: Bearer")
+				}
+			}
+		})
+	}
+	// Policy headers reach the upstream on allow, and public anonymous
+	// requests carry no identity.
+	do(t, ps, "GET", "open.test", "/y", nil)
+	r := seen.last()
+	if r.Header.Get("X-Policy-Header") != "yes" || r.Header.Get("X-Portcullis-User") != "" {
+		t.Errorf("public request headers = %v", r.Header)
+	}
+	// A browser gets an HTML deny page.
+	resp, body := do(t, ps, "GET", "app.test", "/deny", http.Header{"Authorization": {"Test alice"}, "Accept": {"text/html"}})
+	if resp.StatusCode != 403 || !strings.Contains(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(body, "denied by test") {
+		t.Errorf("browser deny page: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+func TestForwardedHeadersFromUntrustedClientsAreReplaced(t *testing.T) {
+	ps, seen, rec, _ := newTestProxy(t, nil)
+	hdr := http.Header{"Authorization": {"Test alice"}, "X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Host": {"evil.test"}, "X-Forwarded-Proto": {"http"}}
+	do(t, ps, "GET", "app.test", "/", hdr)
+	r := seen.last()
+	if got := r.Header.Get("X-Forwarded-For"); got != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q, want 127.0.0.1", got)
+	}
+	if r.Header.Get("X-Forwarded-Host") != "app.test" || r.Header.Get("X-Forwarded-Proto") != "https" {
+		t.Errorf("X-Forwarded-Host/Proto = %q/%q", r.Header.Get("X-Forwarded-Host"), r.Header.Get("X-Forwarded-Proto"))
+	}
+	if ev := rec.all()[0]; ev.Request.RemoteAddr != "127.0.0.1" {
+		t.Errorf("audited remote_addr = %q", ev.Request.RemoteAddr)
+	}
+	if got := r.Header.Get("X-Portcullis-Assertion"); !strings.HasSuffix(got, "."+seenOrigin(r)) {
+		t.Errorf("assertion audience = %q, want the upstream origin", got)
+	}
+}
+
+func seenOrigin(r *http.Request) string { return "http://" + r.Host }
+
+func TestWebSocketThroughProxy(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, append([]byte("echo:"), msg...)); err != nil {
+				return
+			}
+		}
+	}))
+	defer up.Close()
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "ws", Host: "app.test", Path: "/", Upstream: up.URL}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// WebSockets upgrade over HTTP/1.1.
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", ps.Listener.Addr().String())
+		},
+	}}
+	c, _, err := websocket.Dial(ctx, "wss://app.test/ws", &websocket.DialOptions{
+		HTTPClient: client, HTTPHeader: http.Header{"Authorization": {"Test alice"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	for i := 0; i < 3; i++ {
+		msg := fmt.Sprintf("hello %d", i)
+		if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != "echo:"+msg {
+			t.Errorf("got %q, want %q", got, "echo:"+msg)
+		}
+	}
+}
+
+func TestServerSentEventsArriveOneByOne(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 3; i++ {
+			fmt.Fprintf(w, "data: event %d\n\n", i)
+			w.(http.Flusher).Flush()
+			<-release // the next event is only sent once the client saw this one
+		}
+	}))
+	defer up.Close()
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "sse", Host: "app.test", Path: "/", Upstream: up.URL}})
+	req, _ := http.NewRequest("GET", ps.URL+"/events", nil)
+	req.Host = "app.test"
+	req.Header.Set("Authorization", "Test alice")
+	resp, err := ps.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := 0; i < 3; i++ {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("data: event %d\n", i); line != want {
+			t.Fatalf("line = %q, want %q", line, want)
+		}
+		br.ReadString('\n')
+		release <- struct{}{}
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(5 * time.Second):
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	ps, _, rec, _ := newTestProxy(t, []Route{
+		{Name: "slow", Host: "slow.test", Path: "/", Upstream: slow.URL, Timeout: 200 * time.Millisecond},
+		{Name: "dead", Host: "dead.test", Path: "/", Upstream: deadURL},
+	})
+	alice := http.Header{"Authorization": {"Test alice"}}
+	for host, want := range map[string]int{"slow.test": 504, "dead.test": 502} {
+		resp, body := do(t, ps, "GET", host, "/", alice)
+		if resp.StatusCode != want {
+			t.Errorf("%s: status = %d, want %d", host, resp.StatusCode, want)
+		}
+		rid := resp.Header.Get("X-Request-Id")
+		if rid == "" || !strings.Contains(body, rid) {
+			t.Errorf("%s: error page %q does not carry request id %q", host, body, rid)
+		}
+		evs := rec.all()
+		if ev := evs[len(evs)-1]; ev.Response.Status != want {
+			t.Errorf("%s: audited status %d, want %d", host, ev.Response.Status, want)
+		}
+	}
+}

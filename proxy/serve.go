@@ -1,0 +1,296 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portcullis/portcullis/audit"
+	"github.com/portcullis/portcullis/identity"
+	"github.com/portcullis/portcullis/policy"
+)
+
+// exchange is one request's journey through the proxy.
+type exchange struct {
+	st       *State
+	id       string
+	start    time.Time
+	client   clientInfo
+	target   Target
+	host     string
+	route    *Route
+	who      *identity.Identity
+	decision policy.Decision
+	authn    time.Duration
+	policyD  time.Duration
+	upStart  time.Time
+	// rc sets write deadlines (cleared for streaming responses).
+	rc *http.ResponseController
+	// timer cancels the upstream request when the route timeout passes
+	// before response headers arrive.
+	timer    *time.Timer
+	recorded bool
+}
+
+type exchangeKey struct{}
+
+func exchangeFrom(ctx context.Context) *exchange {
+	x, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return x
+}
+
+// ServeHTTP implements SPEC §3: hygiene, routing, authentication, policy,
+// forwarding, audit.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := h.state.Load()
+	x := &exchange{st: st, start: h.clock.Now(), rc: http.NewResponseController(w)}
+	h.m.inflight.Inc()
+	defer h.m.inflight.Dec()
+
+	x.client = resolveClient(r, st.Listen.Trusted)
+	x.id = x.client.RequestID
+	if x.id == "" {
+		x.id = newRequestID()
+	}
+	w.Header().Set(HeaderRequestID, x.id)
+	if st.HSTS != "" && r.TLS != nil {
+		w.Header().Set("Strict-Transport-Security", st.HSTS)
+	}
+	_ = x.rc.SetWriteDeadline(x.start.Add(st.Server.WriteTimeout))
+
+	host, ok := NormalizeHost(r.Host)
+	if !ok {
+		h.refuse(w, r, x, http.StatusBadRequest, audit.DecisionDeny, "bad request: invalid Host header", "bad_request")
+		return
+	}
+	x.host = host
+	t, err := ParseTarget(r)
+	if err != nil {
+		h.refuse(w, r, x, http.StatusBadRequest, audit.DecisionDeny, strings.TrimPrefix(err.Error(), "proxy: "), "bad_request")
+		return
+	}
+	x.target = t
+	x.route = st.table.match(host, t.Path)
+
+	// Portcullis's own endpoints, on every route host and the external URL.
+	if st.Auth.OwnsPath(t.Path) && (x.route != nil || host == st.ExternalHost) {
+		h.serveOwn(w, r, x)
+		return
+	}
+	if x.route == nil {
+		h.refuse(w, r, x, http.StatusNotFound, audit.DecisionDeny, "no route for this host and path", "not_found")
+		return
+	}
+
+	aStart := h.clock.Now()
+	who, err := st.Auth.Authenticate(w, r)
+	x.authn = h.clock.Now().Sub(aStart)
+	h.m.phase.WithLabelValues("authn").Observe(x.authn.Seconds())
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		h.refuse(w, r, x, http.StatusUnauthorized, audit.DecisionUnauthenticated, "invalid credentials", "unauthorized")
+		return
+	}
+	x.who = who
+	signedIn := who != nil && who.Authenticated
+	if !signedIn && !x.route.Public {
+		if wantsHTML(r) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			h.record(r, x, http.StatusFound, audit.DecisionUnauthenticated, "sign-in required: redirected to the identity provider")
+			st.Auth.StartLogin(w, r)
+			h.finish(r, x, http.StatusFound, audit.DecisionUnauthenticated)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="portcullis"`)
+		h.refuse(w, r, x, http.StatusUnauthorized, audit.DecisionUnauthenticated, "sign-in required", "unauthorized")
+		return
+	}
+
+	if h.opts.FailClosed && !h.opts.Audit.Accepting() {
+		h.refuse(w, r, x, http.StatusServiceUnavailable, audit.DecisionError, "audit unavailable: fail-closed mode refuses unrecorded requests", "audit_unavailable")
+		return
+	}
+
+	pStart := h.clock.Now()
+	x.decision = st.Policy.Eval(r.Context(), x.route.Policy, policyInput(r, x))
+	x.policyD = h.clock.Now().Sub(pStart)
+	h.m.phase.WithLabelValues("policy").Observe(x.policyD.Seconds())
+	if !x.decision.Allow {
+		status := x.decision.Status
+		if status < 400 || status > 599 {
+			status = http.StatusForbidden
+		}
+		dec := audit.DecisionDeny
+		if x.decision.Outcome == "error" {
+			dec = audit.DecisionError
+		}
+		h.refuse(w, r, x, status, dec, x.decision.Reason, "forbidden")
+		return
+	}
+
+	rp := st.proxies[x.route]
+	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), exchangeKey{}, x))
+	defer cancel(nil)
+	// The route timeout bounds the wait for the upstream's response
+	// headers; bodies (downloads, SSE, WebSockets) then stream freely.
+	x.timer = time.AfterFunc(x.route.Timeout, func() { cancel(errUpstreamTimeout) })
+	defer x.timer.Stop()
+	x.upStart = h.clock.Now()
+	rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+var errUpstreamTimeout = errors.New("proxy: upstream did not answer within the route timeout")
+
+// serveOwn hands /.portcullis/* and the JWKS to the identity handler.
+func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, x *exchange) {
+	sw := &statusWriter{ResponseWriter: w}
+	x.st.Auth.Handler().ServeHTTP(sw, r)
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	dec := audit.DecisionAllow
+	if status == http.StatusUnauthorized {
+		dec = audit.DecisionUnauthenticated
+	}
+	// The endpoint already answered; an audit failure is counted and
+	// logged by the recorder.
+	h.record(r, x, status, dec, "portcullis endpoint "+x.target.Path)
+	h.finish(r, x, status, dec)
+}
+
+// refuse answers without forwarding, after recording the decision.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, x *exchange, status int, decision, reason, code string) {
+	if err := h.record(r, x, status, decision, reason); err != nil && h.opts.FailClosed && status < 500 {
+		status, decision, reason, code = http.StatusServiceUnavailable, audit.DecisionError, "audit unavailable", "audit_unavailable"
+	}
+	writePage(w, r, page{
+		Status: status, Title: http.StatusText(status), Message: pageMessage(status),
+		Reason: reason, RequestID: x.id, Error: code,
+		SignOut: status == http.StatusForbidden && x.who != nil && x.who.Authenticated,
+	})
+	h.finish(r, x, status, decision)
+}
+
+func pageMessage(status int) string {
+	switch status {
+	case http.StatusForbidden:
+		return "You are signed in, but the access policy for this address does not let you in."
+	case http.StatusNotFound:
+		return "Portcullis has no route for this address."
+	case http.StatusUnauthorized:
+		return "Sign-in is required."
+	case http.StatusBadRequest:
+		return "The request was refused because its address is malformed or ambiguous."
+	case http.StatusServiceUnavailable:
+		return "The service is temporarily unavailable. Please try again shortly."
+	case http.StatusBadGateway:
+		return "The upstream service could not be reached."
+	case http.StatusGatewayTimeout:
+		return "The upstream service did not answer in time."
+	}
+	return ""
+}
+
+// record writes the audit event for x. It is called once per request,
+// before the response reaches the client.
+func (h *Handler) record(r *http.Request, x *exchange, status int, decision, reason string) error {
+	if x.recorded {
+		return nil
+	}
+	x.recorded = true
+	now := h.clock.Now()
+	ev := &audit.Event{
+		Time:      x.start.UTC(),
+		RequestID: x.id,
+		Decision:  decision,
+		Reason:    reason,
+		Request: audit.Request{
+			Method: r.Method, Host: x.host, Path: x.target.Path,
+			RemoteAddr: x.client.Addr, UserAgent: r.UserAgent(),
+		},
+		Response: audit.Response{Status: status},
+		DurationMS: audit.Durations{
+			Authn: ms(x.authn), Policy: ms(x.policyD), Total: ms(now.Sub(x.start)),
+		},
+	}
+	if x.host == "" {
+		ev.Request.Host = r.Host
+		if len(ev.Request.Host) > 255 {
+			ev.Request.Host = ev.Request.Host[:255]
+		}
+	}
+	if x.target.Path == "" {
+		ev.Request.Path = "(malformed)"
+	}
+	if !x.upStart.IsZero() {
+		ev.DurationMS.Upstream = ms(now.Sub(x.upStart))
+	}
+	if x.route != nil {
+		ev.Route = x.route.Name
+		ev.Policy.Package = x.route.Policy
+	}
+	if x.decision.Revision != "" {
+		ev.Policy.Revision = x.decision.Revision
+	}
+	if x.who != nil && x.who.Authenticated {
+		ev.User = audit.User{Sub: x.who.Sub, Email: x.who.Email, Groups: x.who.Groups,
+			Provider: x.who.Provider, AuthMethod: x.who.AuthMethod}
+	}
+	aStart := h.clock.Now()
+	err := h.opts.Audit.Record(r.Context(), ev)
+	h.m.phase.WithLabelValues("audit").Observe(h.clock.Now().Sub(aStart).Seconds())
+	if err != nil {
+		h.log.Error("audit event not recorded", "request_id", x.id, "err", err)
+	}
+	return err
+}
+
+// finish counts the request and writes the access log line.
+func (h *Handler) finish(r *http.Request, x *exchange, status int, decision string) {
+	route := ""
+	if x.route != nil {
+		route = x.route.Name
+	}
+	h.m.requests.WithLabelValues(route, strconv.Itoa(status), decision).Inc()
+	h.m.duration.WithLabelValues(route).Observe(h.clock.Now().Sub(x.start).Seconds())
+	if !h.opts.AccessLog {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", x.id), slog.String("method", r.Method),
+		slog.String("host", x.host), slog.String("path", x.target.Path),
+		slog.String("route", route), slog.Int("status", status),
+		slog.String("decision", decision), slog.String("remote_addr", x.client.Addr),
+		slog.Float64("duration_ms", ms(h.clock.Now().Sub(x.start))),
+	}
+	if x.who != nil && x.who.Authenticated {
+		attrs = append(attrs, slog.String("user", x.who.Sub))
+	}
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// statusWriter remembers the status code written through it.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

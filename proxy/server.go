@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+)
+
+// TLSProvider supplies certificates for the HTTPS listener and the handler
+// for the plain-HTTP listener (ACME HTTP-01 and redirects to https).
+type TLSProvider interface {
+	TLSConfig() *tls.Config
+	HTTPHandler(next http.Handler) http.Handler
+}
+
+// Check is one readiness condition: nil when ready.
+type Check func(ctx context.Context) error
+
+// Server runs the HTTPS, HTTP and admin listeners.
+type Server struct {
+	Handler  *Handler
+	TLS      TLSProvider
+	Listen   ListenConfig
+	Server   ServerConfig
+	Logger   *slog.Logger
+	Gatherer prometheus.Gatherer
+	// Ready lists the named readiness checks of /readyz.
+	Ready map[string]Check
+
+	// Listeners may be set (by tests, or for socket activation) instead of
+	// the addresses in Listen.
+	HTTPSListener, HTTPListener, AdminListener net.Listener
+
+	// started is closed once every listener is bound.
+	started chan struct{}
+}
+
+// Started is closed once every listener is bound. Call it before Run.
+func (s *Server) Started() <-chan struct{} {
+	return s.startedChan()
+}
+
+func (s *Server) startedChan() chan struct{} {
+	if s.started == nil {
+		s.started = make(chan struct{})
+	}
+	return s.started
+}
+
+// Run serves until ctx is cancelled, then drains in-flight requests for at
+// most Server.ShutdownTimeout.
+func (s *Server) Run(ctx context.Context) error {
+	started := s.startedChan()
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	var servers []*http.Server
+	listen := func(ln net.Listener, addr string) (net.Listener, error) {
+		if ln != nil {
+			return ln, nil
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: listen on %s: %w", addr, err)
+		}
+		return l, nil
+	}
+	httpsLn, err := listen(s.HTTPSListener, s.Listen.HTTPS)
+	if err != nil {
+		return err
+	}
+	main := &http.Server{
+		Handler:           s.Handler,
+		TLSConfig:         s.TLS.TLSConfig(),
+		ReadHeaderTimeout: s.Server.ReadHeaderTimeout,
+		IdleTimeout:       s.Server.IdleTimeout,
+		MaxHeaderBytes:    s.Server.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+	servers = append(servers, main)
+
+	var httpLn net.Listener
+	if s.Listen.HTTP != "" || s.HTTPListener != nil {
+		if httpLn, err = listen(s.HTTPListener, s.Listen.HTTP); err != nil {
+			httpsLn.Close()
+			return err
+		}
+		servers = append(servers, &http.Server{
+			Handler:           s.TLS.HTTPHandler(http.NotFoundHandler()),
+			ReadHeaderTimeout: s.Server.ReadHeaderTimeout,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       s.Server.IdleTimeout,
+			MaxHeaderBytes:    s.Server.MaxHeaderBytes,
+			ErrorLog:          errLog,
+		})
+	}
+	adminLn, err := listen(s.AdminListener, s.Listen.Admin)
+	if err != nil {
+		httpsLn.Close()
+		if httpLn != nil {
+			httpLn.Close()
+		}
+		return err
+	}
+	servers = append(servers, &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          errLog,
+	})
+	log.Info("listening", "https", httpsLn.Addr().String(), "admin", adminLn.Addr().String(), "http", addrOf(httpLn))
+	close(started)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveErr(main.ServeTLS(httpsLn, "", "")) })
+	if httpLn != nil {
+		srv := servers[1]
+		g.Go(func() error { return serveErr(srv.Serve(httpLn)) })
+	}
+	admin := servers[len(servers)-1]
+	g.Go(func() error { return serveErr(admin.Serve(adminLn)) })
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.Server.ShutdownTimeout)
+		defer cancel()
+		log.Info("shutting down: draining in-flight requests", "deadline", s.Server.ShutdownTimeout)
+		var errs []error
+		for _, srv := range servers {
+			if err := srv.Shutdown(sctx); err != nil {
+				errs = append(errs, err)
+				srv.Close()
+			}
+		}
+		return errors.Join(errs...)
+	})
+	err = g.Wait()
+	if ctx.Err() != nil && err == nil {
+		return nil
+	}
+	return err
+}
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+func serveErr(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		status, body := http.StatusOK, map[string]string{}
+		for name, check := range s.Ready {
+			if err := check(ctx); err != nil {
+				status = http.StatusServiceUnavailable
+				body[name] = err.Error()
+			} else {
+				body[name] = "ok"
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(body)
+	})
+	if s.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
