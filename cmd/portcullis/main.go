@@ -1,0 +1,109 @@
+// Command portcullis is the identity-aware reverse proxy: `serve` runs it,
+// `dev` runs an all-in-one demo, `check` validates a configuration, `policy`
+// tests and dry-runs Rego policies, `audit` queries the audit trail.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit statuses (SPEC §1).
+const (
+	exitOK    = 0
+	exitFail  = 1 // bad input or a failed check
+	exitUsage = 2 // bad usage
+)
+
+const usageText = `Portcullis — an identity-aware reverse proxy.
+
+Usage:
+  portcullis serve --config FILE        run the proxy (SIGHUP or a file change reloads)
+  portcullis dev [--listen ADDR] [--pulsar URL]
+                                        all-in-one local demo with sign-in, policies and audit
+  portcullis check --config FILE        validate the config and compile every policy
+  portcullis policy test [DIR...]       run Rego unit tests
+  portcullis policy eval --config FILE --url URL [...]
+                                        dry-run one request through routing and policy
+  portcullis audit query|tail|verify    read, follow and verify the audit trail
+  portcullis version                    print version information
+
+Run "portcullis COMMAND --help" for a command's flags.
+`
+
+type command func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+
+func commands() map[string]command {
+	return map[string]command{
+		"serve":   runServe,
+		"check":   runCheck,
+		"version": runVersion,
+		"policy":  runPolicy,
+		"audit":   runAudit,
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usageText)
+		return exitOK
+	case "--version", "-version":
+		return runVersion(ctx, nil, stdout, stderr)
+	}
+	cmd, ok := commands()[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "portcullis: unknown command %q\n\n%s", args[0], usageText)
+		return exitUsage
+	}
+	return cmd(ctx, args[1:], stdout, stderr)
+}
+
+// newFlagSet returns a FlagSet that reports errors instead of exiting, and
+// prints its usage (with a one-line synopsis) to stderr for --help.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: portcullis %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and maps the outcome to an exit status: -1 to go
+// on, exitOK after --help, exitUsage for bad flags.
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return -1
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	default:
+		return exitUsage
+	}
+}
+
+// fail prints one readable line to stderr and returns exitFail.
+func fail(stderr io.Writer, format string, args ...any) int {
+	fmt.Fprintf(stderr, "portcullis: "+format+"\n", args...)
+	return exitFail
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/portcullis/portcullis/identity"
+	"github.com/portcullis/portcullis/internal/config"
+	"github.com/portcullis/portcullis/policy"
+	"github.com/portcullis/portcullis/proxy"
+)
+
+// runPolicy dispatches `portcullis policy test|eval`.
+func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	const usage = "Usage: portcullis policy test [DIR...] | portcullis policy eval --config FILE --url URL [flags]\n"
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "test":
+		return runPolicyTest(ctx, args[1:], stdout, stderr)
+	case "eval":
+		return runPolicyEval(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "portcullis policy: unknown subcommand %q\n%s", args[0], usage)
+	return exitUsage
+}
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("policy eval", "policy eval --config FILE --url URL [--method M] [--user SUB] [--email E] [--groups a,b] [--header K=V]...", stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML)")
+	rawURL := fs.String("url", "", "the request URL, e.g. https://app.example.com/reports?q=1")
+	method := fs.String("method", "GET", "HTTP method")
+	user := fs.String("user", "", "subject of the signed-in user (empty: anonymous)")
+	email := fs.String("email", "", "email of the user")
+	emailVerified := fs.Bool("email-verified", true, "whether the email is verified")
+	groups := fs.String("groups", "", "comma-separated groups of the user")
+	provider := fs.String("provider", "", "identity provider name")
+	remote := fs.String("remote-addr", "127.0.0.1", "client IP address")
+	claims := fs.String("claims", "", "extra token claims as a JSON object, e.g. '{\"amr\":[\"mfa\"]}'")
+	output := fs.String("output", "text", "text or json")
+	var headers multiFlag
+	fs.Var(&headers, "header", "request header K=V (repeatable)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if *cfgPath == "" || *rawURL == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "portcullis policy eval: --config FILE and --url URL are required")
+		return exitUsage
+	}
+	if *output != "text" && *output != "json" {
+		fmt.Fprintln(stderr, "portcullis policy eval: --output must be text or json")
+		return exitUsage
+	}
+	cfg, err := config.Load(*cfgPath, nil)
+	if err != nil {
+		return reportConfigError(stderr, *cfgPath, err)
+	}
+	u, err := url.Parse(*rawURL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return fail(stderr, "--url %q: want an absolute http(s) URL such as https://app.example.com/path", *rawURL)
+	}
+	req, err := http.NewRequestWithContext(ctx, strings.ToUpper(*method), u.String(), nil)
+	if err != nil {
+		return fail(stderr, "--method/--url: %v", err)
+	}
+	req.RequestURI = u.RequestURI()
+	req.RemoteAddr = *remote
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok || k == "" {
+			fmt.Fprintf(stderr, "portcullis policy eval: --header %q: want K=V\n", h)
+			return exitUsage
+		}
+		req.Header.Add(k, v)
+	}
+	var who *identity.Identity
+	if *user != "" {
+		who = &identity.Identity{Authenticated: true, Sub: *user, Email: *email, EmailVerified: *email != "" && *emailVerified,
+			Provider: *provider, AuthMethod: "session", Groups: []string{}, Claims: map[string]any{}}
+		if *groups != "" {
+			who.Groups = strings.Split(*groups, ",")
+		}
+		if *claims != "" {
+			if err := json.Unmarshal([]byte(*claims), &who.Claims); err != nil {
+				return fail(stderr, "--claims: not a JSON object: %v", err)
+			}
+		}
+	}
+	set, err := policy.Load(ctx, cfg.Policy.Dir, policy.LoadOptions{DecisionTimeout: cfg.Policy.DecisionTimeout})
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if err := set.Prepare(ctx, cfg.Packages()); err != nil {
+		return fail(stderr, "%v", err)
+	}
+	ex, err := proxy.Explain(ctx, cfg.Routes, set, req, who, time.Now())
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		route := ""
+		if ex.Route != nil {
+			route = ex.Route.Name
+		}
+		_ = enc.Encode(map[string]any{
+			"route": route, "input": ex.Input, "decision": ex.Outcome, "status": ex.Status,
+			"reason": ex.Reason, "policy": ex.Decision.Package, "revision": ex.Decision.Revision,
+		})
+		return exitOK
+	}
+	if ex.Route == nil {
+		fmt.Fprintf(stdout, "route:    (none)\ndecision: %s (%d)\nreason:   %s\n", ex.Outcome, ex.Status, ex.Reason)
+		return exitOK
+	}
+	in, _ := json.MarshalIndent(ex.Input, "          ", "  ")
+	fmt.Fprintf(stdout, "route:    %s (host %s, path %s, upstream %s)\n", ex.Route.Name, ex.Route.Host, ex.Route.Path, ex.Route.Upstream)
+	fmt.Fprintf(stdout, "policy:   %s @ %s\n", ex.Route.Policy, ex.Decision.Revision)
+	fmt.Fprintf(stdout, "input:    %s\n", in)
+	fmt.Fprintf(stdout, "decision: %s (%d)\n", ex.Outcome, ex.Status)
+	if ex.Reason != "" {
+		fmt.Fprintf(stdout, "reason:   %s\n", ex.Reason)
+	}
+	if ex.Decision.Err != nil {
+		fmt.Fprintf(stdout, "error:    %v\n", ex.Decision.Err)
+	}
+	if len(ex.Decision.Headers) > 0 {
+		fmt.Fprintf(stdout, "headers:  %v\n", ex.Decision.Headers)
+	}
+	return exitOK
+}
