@@ -49,7 +49,7 @@ type Evaluator interface {
 }
 
 var (
-	_ Evaluator     = (*policy.Engine)(nil)
+	_ Evaluator = (*policy.Engine)(nil)
 )
 
 // Clock tells the time; tests pass a fake.

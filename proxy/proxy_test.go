@@ -142,24 +142,35 @@ func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen
 	return ps, seen, rec, h
 }
 
+// do sends one HTTP/1.1 request over its own TLS connection with the
+// request-target and header names written verbatim, the way an attacker's
+// client would (Go's client would canonicalize or refuse some of them).
 func do(t *testing.T, ps *httptest.Server, method, host, target string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, ps.URL+"/", nil)
+	conn, err := tls.Dial("tcp", ps.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Host = host
-	req.URL.Opaque = target // sent verbatim as the request-target
-	for k, v := range hdr {
-		req.Header[k] = v
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, host)
+	for k, vs := range hdr {
+		for _, v := range vs {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
 	}
-	resp, err := ps.Client().Do(req)
+	b.WriteString("Content-Length: 0\r\n\r\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
 }
 
 func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
@@ -269,6 +280,11 @@ func TestTraversalPathsAreRefusedOrForwardedAsRouted(t *testing.T) {
 				}
 			}
 			evs := rec.all()
+			if len(evs) == before && tt.wantPath == "" && resp.Header.Get("X-Request-Id") == "" {
+				// net/http refused the request line itself (invalid
+				// escapes, control bytes) before any handler ran.
+				return
+			}
 			if len(evs) != before+1 {
 				t.Fatalf("audit events = %d, want one more than %d", len(evs), before)
 			}
