@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,12 @@ type Server struct {
 	Gatherer prometheus.Gatherer
 	// Ready lists the named readiness checks of /readyz.
 	Ready map[string]Check
+	// Mounts serves extra handlers on the HTTPS listener ahead of routing,
+	// by path prefix (such as "/.devidp/"; the longest prefix wins), on
+	// every host. Requests they answer are neither routed nor audited:
+	// `portcullis dev` mounts its embedded identity provider here, on the
+	// proxy's own origin. Empty for `serve`.
+	Mounts map[string]http.Handler
 
 	// Listeners may be set (by tests, or for socket activation) instead of
 	// the addresses in Listen.
@@ -82,7 +89,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	main := &http.Server{
-		Handler:           s.Handler,
+		Handler:           s.httpsHandler(),
 		TLSConfig:         s.TLS.TLSConfig(),
 		ReadHeaderTimeout: s.Server.ReadHeaderTimeout,
 		IdleTimeout:       s.Server.IdleTimeout,
@@ -153,6 +160,30 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// httpsHandler is the proxy, behind the Mounts when there are any.
+func (s *Server) httpsHandler() http.Handler {
+	if len(s.Mounts) == 0 {
+		return s.Handler
+	}
+	mounts := make(map[string]http.Handler, len(s.Mounts))
+	for prefix, h := range s.Mounts {
+		mounts[prefix] = h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		best := ""
+		for prefix := range mounts {
+			if len(prefix) > len(best) && strings.HasPrefix(r.URL.Path, prefix) {
+				best = prefix
+			}
+		}
+		if best != "" {
+			mounts[best].ServeHTTP(w, r)
+			return
+		}
+		s.Handler.ServeHTTP(w, r)
+	})
 }
 
 func addrOf(ln net.Listener) string {
