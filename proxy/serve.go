@@ -90,6 +90,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	who, err := st.Auth.Authenticate(w, r)
 	x.authn = h.clock.Now().Sub(aStart)
 	h.m.phase.WithLabelValues("authn").Observe(x.authn.Seconds())
+	if errors.Is(err, identity.ErrProviderUnavailable) {
+		// The credentials could not be checked: not the caller's fault.
+		w.Header().Set("Retry-After", "10")
+		h.refuse(w, r, x, http.StatusServiceUnavailable, audit.DecisionError, "identity provider unavailable: credentials could not be checked", "provider_unavailable")
+		return
+	}
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		h.refuse(w, r, x, http.StatusUnauthorized, audit.DecisionUnauthenticated, "invalid credentials", "unauthorized")
