@@ -56,6 +56,12 @@ type appOptions struct {
 	HTTPClient *http.Client
 	// ExtraReady adds readiness checks.
 	ExtraReady map[string]proxy.Check
+	// Mounts are served on the HTTPS listener ahead of routing, by path
+	// prefix (dev mounts its identity provider at /.devidp/).
+	Mounts map[string]http.Handler
+	// NewAuditSink replaces audit.NewSink (dev --pulsar writes to the file
+	// and to Pulsar).
+	NewAuditSink func(ctx context.Context, cfg audit.Config, opts audit.SinkOptions) (audit.Sink, error)
 }
 
 // newLogger builds the process logger from the log section.
@@ -76,7 +82,11 @@ func newApp(ctx context.Context, cfg *config.File, cfgPath string, opts appOptio
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 
-	sink, err := audit.NewSink(ctx, cfg.Audit, audit.SinkOptions{Logger: a.log, Registerer: a.reg})
+	newSink := audit.NewSink
+	if opts.NewAuditSink != nil {
+		newSink = opts.NewAuditSink
+	}
+	sink, err := newSink(ctx, cfg.Audit, audit.SinkOptions{Logger: a.log, Registerer: a.reg})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
@@ -135,7 +145,7 @@ func newApp(ctx context.Context, cfg *config.File, cfgPath string, opts appOptio
 	}
 	a.server = &proxy.Server{
 		Handler: a.handler, TLS: a.certs, Listen: cfg.Listen, Server: cfg.Server,
-		Logger: a.log, Gatherer: a.reg, Ready: ready,
+		Logger: a.log, Gatherer: a.reg, Ready: ready, Mounts: opts.Mounts,
 		HTTPSListener: opts.HTTPS, HTTPListener: opts.HTTP, AdminListener: opts.Admin,
 	}
 	return a, nil

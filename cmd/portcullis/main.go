@@ -42,6 +42,7 @@ type command func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 func commands() map[string]command {
 	return map[string]command{
 		"serve":   runServe,
+		"dev":     runDev,
 		"check":   runCheck,
 		"version": runVersion,
 		"policy":  runPolicy,
