@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,6 +52,8 @@ type Server struct {
 
 	// started is closed once every listener is bound.
 	started chan struct{}
+	// draining is set once shutdown begins: /readyz then answers 503.
+	draining atomic.Bool
 }
 
 // Started is closed once every listener is bound. Call it before Run.
@@ -143,15 +147,38 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return serveErr(admin.Serve(adminLn)) })
 	g.Go(func() error {
 		<-gctx.Done()
+		s.draining.Store(true)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.Server.ShutdownTimeout)
 		defer cancel()
 		log.Info("shutting down: draining in-flight requests", "deadline", s.Server.ShutdownTimeout)
-		var errs []error
-		for _, srv := range servers {
-			if err := srv.Shutdown(sctx); err != nil {
-				errs = append(errs, err)
-				srv.Close()
+		var deadlinePassed atomic.Bool
+		shutdown := func(srv *http.Server) error {
+			err := srv.Shutdown(sctx)
+			if err == nil {
+				return nil
 			}
+			srv.Close()
+			if errors.Is(err, context.DeadlineExceeded) {
+				// Streams (SSE, long downloads) that outlive the drain
+				// deadline are cut: that is the deadline's purpose.
+				deadlinePassed.Store(true)
+				return nil
+			}
+			return err
+		}
+		// The traffic listeners stop accepting at once and drain together;
+		// the admin listener stays up meanwhile (/readyz answers 503,
+		// /metrics goes on) and closes last.
+		traffic, admin := servers[:len(servers)-1], servers[len(servers)-1]
+		errs := make([]error, len(servers))
+		var wg sync.WaitGroup
+		for i, srv := range traffic {
+			wg.Go(func() { errs[i] = shutdown(srv) })
+		}
+		wg.Wait()
+		errs[len(servers)-1] = shutdown(admin)
+		if deadlinePassed.Load() {
+			log.Warn("shutdown: the drain deadline passed; connections still open were closed", "deadline", s.Server.ShutdownTimeout)
 		}
 		return errors.Join(errs...)
 	})
@@ -210,6 +237,9 @@ func (s *Server) adminHandler() http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		status, body := http.StatusOK, map[string]string{}
+		if s.draining.Load() {
+			status, body["shutdown"] = http.StatusServiceUnavailable, "draining in-flight requests"
+		}
 		for name, check := range s.Ready {
 			if err := check(ctx); err != nil {
 				status = http.StatusServiceUnavailable
