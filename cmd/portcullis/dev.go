@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/portcullis/portcullis/audit"
@@ -270,36 +269,40 @@ func (d *devStack) run(ctx context.Context) error {
 // printBanner tells the user what to open and how to sign in.
 func (d *devStack) printBanner(w io.Writer) {
 	auditPath := d.cfg.Audit.File.Path
-	fmt.Fprintf(w, "\nPortcullis dev is running.\n\n")
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  Open\t%s/\n", d.external)
-	first := true
+	var users []devidp.User
+	width := 0
 	for _, u := range devidp.DemoUsers() {
-		if !u.Hint {
-			continue
+		if u.Hint {
+			users = append(users, u)
+			width = max(width, len(u.Username)+3+len(u.Password))
 		}
+	}
+	const labelWidth = len("Identity provider")
+	line := func(label, format string, args ...any) {
+		fmt.Fprintf(w, "  %-*s  %s\n", labelWidth, label, fmt.Sprintf(format, args...))
+	}
+	fmt.Fprintf(w, "\nPortcullis dev is running.\n\n")
+	line("Open", "%s/", d.external)
+	for i, u := range users {
 		label := ""
-		if first {
-			label, first = "Sign in as", false
+		if i == 0 {
+			label = "Sign in as"
 		}
-		fmt.Fprintf(tw, "  %s\t%s / %s\t(groups: %s)\n", label, u.Username, u.Password, strings.Join(u.Groups, ", "))
+		line(label, "%-*s  (groups: %s)", width, u.Username+" / "+u.Password, strings.Join(u.Groups, ", "))
 	}
-	fmt.Fprintf(tw, "  Then try\t%s/admin\t(group admins only: bob gets in, alice is refused)\n", d.external)
-	tw.Flush()
-	fmt.Fprintf(w, "\n")
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  Local CA\t%s\n", d.caFile)
-	fmt.Fprintf(tw, "  \ttrust it to avoid the certificate warning; or: curl --cacert %s %s/.portcullis/me\n", d.caFile, d.external)
-	fmt.Fprintf(tw, "  Identity provider\t%s%s (demo users only; discovery at %s/.well-known/openid-configuration)\n", d.external, devIDPPath, devIDPPath)
-	fmt.Fprintf(tw, "  Upstream\tdemo app at %s (route %q, host localhost), policy %s\n", d.cfg.Routes[0].Upstream, devRouteName, devRoutePolicy)
-	fmt.Fprintf(tw, "  Policies\t%s (%s)\n", d.policies, d.polNote)
-	fmt.Fprintf(tw, "  Audit\t%s\n", auditPath)
-	fmt.Fprintf(tw, "  \tfollow it: portcullis audit tail --file %s\n", auditPath)
+	line("Then try", "%s/admin: for group admins only, so bob gets in and alice is refused", d.external)
+	fmt.Fprintln(w)
+	line("Local CA", "%s", d.caFile)
+	line("", "trust it to avoid the certificate warning, or: curl --cacert %s %s/.portcullis/me", d.caFile, d.external)
+	line("Identity provider", "%s%s (demo users only; discovery at %s/.well-known/openid-configuration)", d.external, devIDPPath, devIDPPath)
+	line("Upstream", "demo app at %s (route %q, host localhost, policy %s)", d.cfg.Routes[0].Upstream, devRouteName, devRoutePolicy)
+	line("Policies", "%s (%s)", d.policies, d.polNote)
+	line("Audit", "%s", auditPath)
+	line("", "follow it: portcullis audit tail --file %s", auditPath)
 	if d.pulsar != "" {
-		fmt.Fprintf(tw, "  \tand in Pulsar: portcullis audit tail --pulsar %s --topic %s\n", d.pulsar, defaultAuditTopic)
+		line("", "and in Pulsar: portcullis audit tail --pulsar %s --topic %s", d.pulsar, defaultAuditTopic)
 	}
-	fmt.Fprintf(tw, "  Admin\t%s/healthz  /readyz  /metrics\n", d.adminURL)
-	tw.Flush()
+	line("Admin", "%s/healthz  /readyz  /metrics", d.adminURL)
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop.\n\n")
 }
 
