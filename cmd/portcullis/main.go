@@ -25,7 +25,7 @@ const usageText = `Portcullis — an identity-aware reverse proxy.
 
 Usage:
   portcullis serve --config FILE        run the proxy (SIGHUP or a file change reloads)
-  portcullis dev [--listen ADDR] [--pulsar URL]
+  portcullis dev [--listen ADDR] [--pulsar URL] [--data DIR] [--policies DIR]
                                         all-in-one local demo with sign-in, policies and audit
   portcullis check --config FILE        validate the config and compile every policy
   portcullis policy test [DIR...]       run Rego unit tests
