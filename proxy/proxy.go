@@ -27,8 +27,10 @@ import (
 // Implementations are safe for concurrent use.
 type Authenticator interface {
 	// Authenticate returns the caller's identity, (nil, nil) when the
-	// request carries no credentials, or an error wrapping
-	// identity.ErrInvalidCredentials for credentials that do not verify.
+	// request carries no credentials, or an error: one wrapping
+	// identity.ErrProviderUnavailable (the provider cannot be reached to
+	// verify them) is answered 503, any other (such as
+	// identity.ErrInvalidCredentials) 401.
 	Authenticate(w http.ResponseWriter, r *http.Request) (*identity.Identity, error)
 	// StartLogin answers a browser request with a redirect into sign-in.
 	StartLogin(w http.ResponseWriter, r *http.Request)
