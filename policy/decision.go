@@ -88,7 +88,7 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 		}
 		return errorDecision(pkg, s.revision, err, fmt.Sprintf("policy package %s could not be prepared: %v", pkg, err))
 	}
-	input, err := s.keys.value(in)
+	input, err := s.keys.valueOf(in, s.use)
 	if err != nil {
 		return errorDecision(pkg, s.revision, fmt.Errorf("%w: %w", ErrEvaluation, err), "policy input could not be built: "+err.Error())
 	}

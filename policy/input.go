@@ -191,10 +191,16 @@ func (k *inputKeys) routeTerm(rt RouteInput) *ast.Term {
 
 // value converts in to an ast.Value directly, without a JSON round trip. It
 // produces the same document as json.Marshal(in) would, which the tests
-// check. (Converting claims or headers lazily with ast.LazyObject does not
-// pay: building the enclosing object hashes its values, which converts them
-// at once.)
-func (k *inputKeys) value(in *Input) (ast.Value, error) {
+// check.
+func (k *inputKeys) value(in *Input) (ast.Value, error) { return k.valueOf(in, allFields) }
+
+// valueOf converts the fields of in that use selects: the others are left
+// out of the document, which no policy of the set can tell (see
+// inputUseOf). Leaving out what no policy reads is most of what a
+// conversion costs: request headers alone are a third of it. (Converting
+// claims or headers lazily with ast.LazyObject does not pay: building the
+// enclosing object hashes its values, which converts them at once.)
+func (k *inputKeys) valueOf(in *Input, use fieldMask) (ast.Value, error) {
 	r, u, rt := &in.Request, &in.User, &in.Route
 	// One slab for the terms of every scalar: fewer, larger allocations.
 	slab := make([]ast.Term, 0, 16+len(u.Groups))
@@ -214,45 +220,186 @@ func (k *inputKeys) value(in *Input) (ast.Value, error) {
 		}
 		return str(s)
 	}
-	claims := ast.InternedEmptyObject
-	if len(u.Claims) > 0 {
-		v, err := ast.InterfaceToValue(u.Claims)
-		if err != nil {
-			return nil, fmt.Errorf("policy: user.claims: %w", err)
+	var buf [9][2]*ast.Term
+	items := buf[:0]
+	add := func(f fieldMask, key *ast.Term, value func() *ast.Term) {
+		if use&f != 0 {
+			items = append(items, [2]*ast.Term{key, value()})
 		}
-		claims = term(v)
 	}
-	groups := make([]*ast.Term, len(u.Groups))
-	for i, g := range u.Groups {
-		groups[i] = str(g)
+	var top [3][2]*ast.Term
+	doc := top[:0]
+
+	if use&requestFields != 0 {
+		add(fRequestID, k.id, func() *ast.Term { return str(r.ID) })
+		add(fRequestMethod, k.method, func() *ast.Term { return common(r.Method) })
+		add(fRequestScheme, k.scheme, func() *ast.Term { return common(r.Scheme) })
+		add(fRequestHost, k.host, func() *ast.Term { return str(r.Host) })
+		add(fRequestPath, k.path, func() *ast.Term { return str(r.Path) })
+		add(fRequestQuery, k.query, func() *ast.Term { return multiMap(r.Query) })
+		add(fRequestHeaders, k.headers, func() *ast.Term { return multiMap(r.Headers) })
+		add(fRequestRemoteAddr, k.remoteAddr, func() *ast.Term { return str(r.RemoteAddr) })
+		add(fRequestTime, k.time, func() *ast.Term { return str(FormatTime(r.Time)) })
+		doc = append(doc, [2]*ast.Term{k.request, term(ast.NewObject(items...))})
+		items = buf[:0]
 	}
-	req := ast.NewObject(
-		ast.Item(k.id, str(r.ID)),
-		ast.Item(k.method, common(r.Method)),
-		ast.Item(k.scheme, common(r.Scheme)),
-		ast.Item(k.host, str(r.Host)),
-		ast.Item(k.path, str(r.Path)),
-		ast.Item(k.query, multiMap(r.Query)),
-		ast.Item(k.headers, multiMap(r.Headers)),
-		ast.Item(k.remoteAddr, str(r.RemoteAddr)),
-		ast.Item(k.time, str(FormatTime(r.Time))),
-	)
-	user := ast.NewObject(
-		ast.Item(k.authenticated, ast.InternedTerm(u.Authenticated)),
-		ast.Item(k.sub, str(u.Sub)),
-		ast.Item(k.email, str(u.Email)),
-		ast.Item(k.emailVerified, ast.InternedTerm(u.EmailVerified)),
-		ast.Item(k.groups, term(ast.NewArray(groups...))),
-		ast.Item(k.issuer, str(u.Issuer)),
-		ast.Item(k.provider, str(u.Provider)),
-		ast.Item(k.authMethod, common(u.AuthMethod)),
-		ast.Item(k.claims, claims),
-	)
-	return ast.NewObject(
-		ast.Item(k.request, term(req)),
-		ast.Item(k.user, term(user)),
-		ast.Item(k.route, k.routeTerm(*rt)),
-	), nil
+	if use&userFields != 0 {
+		claims := ast.InternedEmptyObject
+		if use&fUserClaims != 0 && len(u.Claims) > 0 {
+			v, err := ast.InterfaceToValue(u.Claims)
+			if err != nil {
+				return nil, fmt.Errorf("policy: user.claims: %w", err)
+			}
+			claims = term(v)
+		}
+		add(fUserAuthenticated, k.authenticated, func() *ast.Term { return ast.InternedTerm(u.Authenticated) })
+		add(fUserSub, k.sub, func() *ast.Term { return str(u.Sub) })
+		add(fUserEmail, k.email, func() *ast.Term { return str(u.Email) })
+		add(fUserEmailVerified, k.emailVerified, func() *ast.Term { return ast.InternedTerm(u.EmailVerified) })
+		add(fUserGroups, k.groups, func() *ast.Term {
+			groups := make([]*ast.Term, len(u.Groups))
+			for i, g := range u.Groups {
+				groups[i] = str(g)
+			}
+			return term(ast.NewArray(groups...))
+		})
+		add(fUserIssuer, k.issuer, func() *ast.Term { return str(u.Issuer) })
+		add(fUserProvider, k.provider, func() *ast.Term { return str(u.Provider) })
+		add(fUserAuthMethod, k.authMethod, func() *ast.Term { return common(u.AuthMethod) })
+		add(fUserClaims, k.claims, func() *ast.Term { return claims })
+		doc = append(doc, [2]*ast.Term{k.user, term(ast.NewObject(items...))})
+		items = buf[:0]
+	}
+	if use&routeFields == routeFields {
+		doc = append(doc, [2]*ast.Term{k.route, k.routeTerm(*rt)})
+	} else if use&routeFields != 0 {
+		add(fRouteName, k.name, func() *ast.Term { return str(rt.Name) })
+		add(fRouteHost, k.host, func() *ast.Term { return str(rt.Host) })
+		add(fRoutePath, k.path, func() *ast.Term { return str(rt.Path) })
+		add(fRouteUpstream, k.upstream, func() *ast.Term { return str(rt.Upstream) })
+		doc = append(doc, [2]*ast.Term{k.route, term(ast.NewObject(items...))})
+	}
+	return ast.NewObject(doc...), nil
+}
+
+// fieldMask is a set of fields of the input document, one bit each.
+type fieldMask uint32
+
+const (
+	fRequestID fieldMask = 1 << iota
+	fRequestMethod
+	fRequestScheme
+	fRequestHost
+	fRequestPath
+	fRequestQuery
+	fRequestHeaders
+	fRequestRemoteAddr
+	fRequestTime
+	fUserAuthenticated
+	fUserSub
+	fUserEmail
+	fUserEmailVerified
+	fUserGroups
+	fUserIssuer
+	fUserProvider
+	fUserAuthMethod
+	fUserClaims
+	fRouteName
+	fRouteHost
+	fRoutePath
+	fRouteUpstream
+
+	requestFields = fRequestID | fRequestMethod | fRequestScheme | fRequestHost | fRequestPath |
+		fRequestQuery | fRequestHeaders | fRequestRemoteAddr | fRequestTime
+	userFields = fUserAuthenticated | fUserSub | fUserEmail | fUserEmailVerified | fUserGroups |
+		fUserIssuer | fUserProvider | fUserAuthMethod | fUserClaims
+	routeFields = fRouteName | fRouteHost | fRoutePath | fRouteUpstream
+	allFields   = requestFields | userFields | routeFields
+)
+
+// inputSections maps input.<section>.<field> to its bit; the JSON names of
+// Input.
+var inputSections = map[string]struct {
+	all    fieldMask
+	fields map[string]fieldMask
+}{
+	"request": {requestFields, map[string]fieldMask{
+		"id": fRequestID, "method": fRequestMethod, "scheme": fRequestScheme, "host": fRequestHost,
+		"path": fRequestPath, "query": fRequestQuery, "headers": fRequestHeaders,
+		"remote_addr": fRequestRemoteAddr, "time": fRequestTime,
+	}},
+	"user": {userFields, map[string]fieldMask{
+		"authenticated": fUserAuthenticated, "sub": fUserSub, "email": fUserEmail,
+		"email_verified": fUserEmailVerified, "groups": fUserGroups, "issuer": fUserIssuer,
+		"provider": fUserProvider, "auth_method": fUserAuthMethod, "claims": fUserClaims,
+	}},
+	"route": {routeFields, map[string]fieldMask{
+		"name": fRouteName, "host": fRouteHost, "path": fRoutePath, "upstream": fRouteUpstream,
+	}},
+}
+
+// inputUseOf finds the input fields that the compiled modules can read.
+// Rego reads input only through references rooted at input, so a field no
+// module names (input.request.headers, input.request.headers[k], ...) can
+// be left out of the document without any policy telling the difference.
+// Every module of the set counts, not only those a route's package reaches:
+// simpler, and still leaves out what matters (headers, query). Anything
+// that may read input as a whole (input, input[x], walk(input), x :=
+// input.user) selects the whole document or section.
+func inputUseOf(modules map[string]*ast.Module) fieldMask {
+	var use fieldMask
+	var vis *ast.GenericVisitor
+	vis = ast.NewGenericVisitor(func(x any) bool {
+		if use == allFields {
+			return true
+		}
+		switch x := x.(type) {
+		case ast.Ref:
+			if !x.HasPrefix(ast.InputRootRef) {
+				return false
+			}
+			use |= refUse(x)
+			// Indexes may hold references of their own:
+			// input.request.headers[input.user.sub].
+			for _, t := range x[1:] {
+				vis.Walk(t)
+			}
+			return true
+		case ast.Var:
+			// input outside a reference: the whole document.
+			if x.Equal(ast.InputRootDocument.Value) {
+				use = allFields
+			}
+		}
+		return false
+	})
+	for _, m := range modules {
+		vis.Walk(m)
+	}
+	return use
+}
+
+// refUse is what a reference rooted at input may read.
+func refUse(ref ast.Ref) fieldMask {
+	if len(ref) < 2 {
+		return allFields
+	}
+	name, ok := ref[1].Value.(ast.String)
+	if !ok {
+		return allFields
+	}
+	sec, ok := inputSections[string(name)]
+	if !ok {
+		return 0 // input.nothing is undefined with or without the other fields
+	}
+	if len(ref) < 3 {
+		return sec.all
+	}
+	field, ok := ref[2].Value.(ast.String)
+	if !ok {
+		return sec.all
+	}
+	return sec.fields[string(field)]
 }
 
 func multiMap(m map[string][]string) *ast.Term {

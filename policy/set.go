@@ -62,6 +62,7 @@ type Set struct {
 	store    storage.Store
 	packages map[string]bool // package paths without the "data." prefix
 	keys     *inputKeys
+	use      fieldMask // the input fields the modules can read
 
 	mu      sync.Mutex                        // serializes writers of queries
 	queries atomic.Pointer[map[string]*query] // copy-on-write; readers never lock
@@ -176,6 +177,7 @@ func Load(ctx context.Context, dir string, opts LoadOptions) (*Set, error) {
 		store:    store,
 		packages: pkgs,
 		keys:     newInputKeys(),
+		use:      inputUseOf(compiler.Modules),
 	}
 	s.queries.Store(&map[string]*query{})
 	return s, nil
