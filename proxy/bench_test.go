@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -44,7 +45,10 @@ func benchPortcullis(b *testing.B, upstream string, rec audit.Recorder) *Handler
 	}
 	reg := prometheus.NewRegistry()
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	engine, err := policy.NewEngine(policy.Config{Dir: polDir}, policy.Options{Logger: log, Registerer: reg})
+	// A decision deadline far above the default 50ms: on a loaded machine
+	// a scheduling stall would otherwise turn into a (correct) deny and
+	// end the benchmark.
+	engine, err := policy.NewEngine(policy.Config{Dir: polDir, DecisionTimeout: 5 * time.Second}, policy.Options{Logger: log, Registerer: reg})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -129,10 +133,10 @@ func benchGET(b *testing.B, proxyURL, host string) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		n, _ := io.Copy(io.Discard, resp.Body)
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || n != int64(len(benchBody)) {
-			b.Fatalf("status %d, %d body bytes", resp.StatusCode, n)
+		if resp.StatusCode != http.StatusOK || string(body) != benchBody {
+			b.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 	}
 	get() // warm the connections on both hops
