@@ -89,7 +89,8 @@ type State struct {
 	ExternalHost string
 	// HSTS is the Strict-Transport-Security value, or "".
 	HSTS string
-	// Transport carries requests to upstreams (shared by all routes).
+	// Transport carries requests to upstreams (shared by all routes). Nil
+	// keeps the previous State's transport, and its pooled connections.
 	Transport http.RoundTripper
 
 	table   *table
@@ -130,7 +131,12 @@ func (h *Handler) Swap(st *State) error {
 		return errors.New("proxy: state needs an authenticator and a policy evaluator")
 	}
 	if st.Transport == nil {
-		st.Transport = NewTransport()
+		// Keep the connection pool across reloads.
+		if old := h.state.Load(); old != nil && old.Transport != nil {
+			st.Transport = old.Transport
+		} else {
+			st.Transport = NewTransport()
+		}
 	}
 	st.table = newTable(st.Routes)
 	st.proxies = make(map[*Route]*httputil.ReverseProxy, len(st.Routes))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/portcullis/portcullis/internal/config"
 	"github.com/portcullis/portcullis/internal/confkit"
@@ -25,6 +27,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return reportConfigError(stderr, *path, err)
 	}
+	// A SIGHUP before the reload watcher runs must not kill the process.
+	signal.Ignore(syscall.SIGHUP)
 	log := newLogger(cfg.Log, stderr)
 	opts := appOptions{Logger: log}
 	a, err := newApp(ctx, cfg, *path, opts)
