@@ -81,9 +81,11 @@ func BenchmarkDecision(b *testing.B) {
 				b.Fatalf("benchmark request denied: %+v", d)
 			}
 			b.ReportAllocs()
+			cpu := startCPU(0)
 			for b.Loop() {
 				e.Eval(ctx, c.pkg, c.in)
 			}
+			cpu.report(b)
 		})
 	}
 }
@@ -102,7 +104,7 @@ func BenchmarkSidecar(b *testing.B) {
 		}
 		b.Skip(msg)
 	}
-	base := startOPA(b, bin, shippedDir)
+	base, pid := startOPA(b, bin, shippedDir)
 	client := &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true},
 		Timeout:   10 * time.Second,
@@ -114,11 +116,13 @@ func BenchmarkSidecar(b *testing.B) {
 				b.Fatalf("sidecar decision: allow=%v err=%v", allow, err)
 			}
 			b.ReportAllocs()
+			cpu := startCPU(pid)
 			for b.Loop() {
 				if _, err := sidecarDecision(client, url, c.in); err != nil {
 					b.Fatal(err)
 				}
 			}
+			cpu.report(b)
 		})
 	}
 }
@@ -180,7 +184,7 @@ func findOPA() string {
 
 // startOPA runs `opa run --server` on a free loopback port until the
 // benchmark ends, and returns its base URL once it answers /health.
-func startOPA(b *testing.B, bin, dir string) string {
+func startOPA(b *testing.B, bin, dir string) (string, int) {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -213,14 +217,14 @@ func startOPA(b *testing.B, bin, dir string) string {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return base
+				return base, cmd.Process.Pid
 			}
 		} else if !errors.Is(err, context.DeadlineExceeded) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	b.Fatalf("opa did not answer %s/health within 30s:\n%s", base, logs.String())
-	return ""
+	return "", 0
 }
 
 // BenchmarkInputConversion measures building the Rego input document, the
