@@ -239,9 +239,14 @@ func (k *remoteKeys) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), discoveryTimeout)
 	defer cancel()
 	// Whatever happens, do not try again before the interval has passed.
-	k.mu.Lock()
-	k.fetched = k.clock.Now()
-	k.mu.Unlock()
+	// fetched is set when the fetch ends, not when it starts: a request
+	// arriving meanwhile joins this fetch (singleflight) instead of seeing
+	// a "recent" fetch and no keys yet.
+	defer func() {
+		k.mu.Lock()
+		k.fetched = k.clock.Now()
+		k.mu.Unlock()
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: jwks: %v", ErrProviderUnavailable, err)
