@@ -22,6 +22,14 @@ export PULSAR_REST_TOPICS="${PULSAR_REST_TOPICS:-persistent://public/default/por
 
 case "${1:-}" in
   start)
+    # Tests use fresh topics, so each CI broker starts from empty state: a
+    # data directory left by a broker that was killed can hold a stale bookie
+    # registration that keeps a restarted broker "healthy" but unable to
+    # store anything.
+    if ! "$SCRIPT" status >/dev/null 2>&1; then
+      run_dir="${PULSAR_RUN_DIR:-${PULSAR_HOME:-$HOME/.cache/portcullis-pulsar}/run-$PULSAR_BROKER_PORT}"
+      rm -rf "$run_dir/data" "$run_dir/pulsar.log" "$run_dir"/pulsar.log.*
+    fi
     if ! "$SCRIPT" start; then
       log="$("$SCRIPT" log-path)"
       echo "ci/pulsar: Pulsar failed to start; broker log: $log" >&2
