@@ -19,16 +19,16 @@ func corpusChecker() *returnChecker {
 }
 
 // TestOpenRedirectCorpus: none of the 559 public open-redirect payloads
-// (shared/testdata/openredirects.txt, query-unescaped once as a browser
+// (testdata/openredirects.txt, query-unescaped once as a browser
 // would deliver ?rd=...) may be followed.
 func TestOpenRedirectCorpus(t *testing.T) {
-	path := filepath.Join("..", "..", "shared", "testdata", "openredirects.txt")
+	path := filepath.Join("..", "testdata", "openredirects.txt")
 	f, err := os.Open(path)
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("open-redirect corpus missing under CI: %v", err)
 		}
-		t.Skipf("open-redirect corpus not found (%v): it lives in shared/testdata beside the repository", err)
+		t.Skipf("open-redirect corpus not found (%v): it lives in testdata/ at the repository root", err)
 	}
 	defer f.Close()
 	c := corpusChecker()

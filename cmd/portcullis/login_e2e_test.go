@@ -40,7 +40,7 @@ const (
 	e2eAppHost = "app.example.test"
 	e2eExtHost = "auth.example.test"
 	// e2eWLHost is the route host of the open-redirect corpus
-	// (shared/testdata/README.md), outside cookie_domain.
+	// (testdata/README.md), outside cookie_domain.
 	e2eWLHost = "www.whitelisteddomain.tld"
 )
 
@@ -608,17 +608,17 @@ func TestE2EProviderUnavailable(t *testing.T) {
 }
 
 // e2eRedirectPayloads returns a spread of the public open-redirect corpus
-// (shared/testdata/openredirects.txt, each line query-unescaped once as a
+// (testdata/openredirects.txt, each line query-unescaped once as a
 // browser delivers ?rd=...) and payloads aimed at this test's own hosts.
 func e2eRedirectPayloads(t *testing.T, port string) []string {
 	t.Helper()
-	path := filepath.Join("..", "..", "..", "shared", "testdata", "openredirects.txt")
+	path := filepath.Join("..", "..", "testdata", "openredirects.txt")
 	f, err := os.Open(path)
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("open-redirect corpus missing under CI: %v", err)
 		}
-		t.Skipf("open-redirect corpus not found (%v): it lives in shared/testdata beside the repository", err)
+		t.Skipf("open-redirect corpus not found (%v): it lives in testdata/ at the repository root", err)
 	}
 	defer f.Close()
 	var corpus []string
