@@ -14,12 +14,17 @@ import (
 // non-durable readers (nothing is left on the broker after a read). It
 // implements Source; like every Source it is not safe for concurrent use.
 //
-// Events come in topic order, which is Seq order per instance. Read seeks by
-// publish time to opts.SeekMargin before Filter.Since: an event is never
-// published before it happened, so nothing at or after Since is skipped
-// (unless the broker's clock runs behind the proxy's by more than the
-// margin), and events published late (after an outage) are still found.
+// Events come in topic order, which is Seq order per instance. A read
+// starts at the earliest message and filters by event time: events
+// published late (after an outage) are found wherever they sit, and
 // Filter.Until cannot end a read early for the same reason.
+//
+// It does not seek by publish time. pulsar-client-go (v0.19) loses messages
+// after Reader.SeekByTime when messages fetched before the seek arrive
+// while the seek reconnects: the reader's start position becomes the one
+// before the first of them and everything up to it is discarded ("receive N
+// messages, all filtered"), so a query near the start of a topic silently
+// missed events. A complete answer is worth the longer read.
 type PulsarSource struct {
 	opts   PulsarOptions
 	topic  string
@@ -75,24 +80,6 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 			return nil // empty topic
 		}
 	}
-	if !f.Since.IsZero() {
-		seekTo := f.Since.Add(-s.opts.SeekMargin)
-		if !follow {
-			// Seeking past the last message would leave Next waiting
-			// forever (and the reader's HasNext right after a seek is not
-			// reliable): look at the last message's publish time first.
-			pub, err := s.publishTime(ctx, last)
-			if err != nil {
-				return err
-			}
-			if pub.Before(seekTo) {
-				return nil // nothing published since
-			}
-		}
-		if err := r.SeekByTime(seekTo); err != nil {
-			return fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
-		}
-	}
 	for {
 		msg, err := r.Next(ctx)
 		if err != nil {
@@ -122,22 +109,6 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 			return nil
 		}
 	}
-}
-
-// publishTime returns the publish time of the message id.
-func (s *PulsarSource) publishTime(ctx context.Context, id pulsar.MessageID) (time.Time, error) {
-	r, err := s.createReaderAt(ctx, id, true)
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
-	defer cancel()
-	msg, err := r.Next(ctx)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("audit: pulsar: read the last message of %s: %w", s.topic, err)
-	}
-	return msg.PublishTime(), nil
 }
 
 func (s *PulsarSource) createReader(ctx context.Context) (pulsar.Reader, error) {
