@@ -14,17 +14,22 @@ import (
 // non-durable readers (nothing is left on the broker after a read). It
 // implements Source; like every Source it is not safe for concurrent use.
 //
-// Events come in topic order, which is Seq order per instance. A read
-// starts at the earliest message and filters by event time: events
-// published late (after an outage) are found wherever they sit, and
+// Events come in topic order, which is Seq order per instance. With
+// Filter.Since a read starts at the first message published at or after
+// opts.SeekMargin before it, found with SeekByTime: an event is never
+// published before it happened, so nothing at or after Since is skipped
+// (unless the broker's clock runs behind the proxy's by more than the
+// margin), and events published late (after an outage) are still found.
 // Filter.Until cannot end a read early for the same reason.
 //
-// It does not seek by publish time. pulsar-client-go (v0.19) loses messages
-// after Reader.SeekByTime when messages fetched before the seek arrive
-// while the seek reconnects: the reader's start position becomes the one
-// before the first of them and everything up to it is discarded ("receive N
-// messages, all filtered"), so a query near the start of a topic silently
-// missed events. A complete answer is worth the longer read.
+// The seek is made by a throwaway reader with a receive queue of one, and
+// the read itself starts at the message id it found. pulsar-client-go
+// (v0.19) loses messages when a reader seeks by time while messages it
+// fetched before the seek are still arriving: its start position becomes
+// the one before the first of them and everything up to there is discarded
+// ("receive N messages, all filtered"). With a queue of one that message is
+// the topic's first, so nothing is discarded, and the real read never
+// seeks.
 type PulsarSource struct {
 	opts   PulsarOptions
 	topic  string
@@ -67,7 +72,7 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer func() { r.Close() }() // r is replaced after a seek
 
 	// The end of a Read is the last message stored when it starts.
 	var last pulsar.MessageID
@@ -79,6 +84,33 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 		if last.EntryID() < 0 {
 			return nil // empty topic
 		}
+	}
+	if !f.Since.IsZero() {
+		seekTo := f.Since.Add(-s.opts.SeekMargin)
+		if !follow {
+			// Seeking past the last message would leave Next waiting
+			// forever: look at the last message's publish time first.
+			pub, err := s.publishTime(ctx, last)
+			if err != nil {
+				return err
+			}
+			if pub.Before(seekTo) {
+				return nil // nothing published since
+			}
+		}
+		start, err := s.firstPublishedAt(ctx, seekTo)
+		if err != nil {
+			if follow && ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		at, err := s.createReaderAt(ctx, start, true)
+		if err != nil {
+			return err
+		}
+		r.Close()
+		r = at
 	}
 	for {
 		msg, err := r.Next(ctx)
@@ -111,6 +143,47 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 	}
 }
 
+// publishTime returns the publish time of the message id.
+func (s *PulsarSource) publishTime(ctx context.Context, id pulsar.MessageID) (time.Time, error) {
+	r, err := s.createReaderAt(ctx, id, true)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OperationTimeout)
+	defer cancel()
+	msg, err := r.Next(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("audit: pulsar: read the last message of %s: %w", s.topic, err)
+	}
+	return msg.PublishTime(), nil
+}
+
+// firstPublishedAt returns the id of the first message published at or
+// after t, waiting for one when there is none yet. See PulsarSource for why
+// a separate reader with a queue of one seeks.
+func (s *PulsarSource) firstPublishedAt(ctx context.Context, t time.Time) (pulsar.MessageID, error) {
+	r, err := s.newReader(ctx, pulsar.EarliestMessageID(), false, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if err := r.SeekByTime(t); err != nil {
+		return nil, fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
+	}
+	for {
+		msg, err := r.Next(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
+		}
+		// The topic's first message, fetched before the seek, may still
+		// arrive after it.
+		if !msg.PublishTime().Before(t) {
+			return msg.ID(), nil
+		}
+	}
+}
+
 func (s *PulsarSource) createReader(ctx context.Context) (pulsar.Reader, error) {
 	return s.createReaderAt(ctx, pulsar.EarliestMessageID(), false)
 }
@@ -118,6 +191,10 @@ func (s *PulsarSource) createReader(ctx context.Context) (pulsar.Reader, error) 
 // createReaderAt retries reader creation until ctx is done: a reader created
 // right after a broker restart can fail while the topic is loading.
 func (s *PulsarSource) createReaderAt(ctx context.Context, start pulsar.MessageID, inclusive bool) (pulsar.Reader, error) {
+	return s.newReader(ctx, start, inclusive, s.opts.ReceiverQueueSize)
+}
+
+func (s *PulsarSource) newReader(ctx context.Context, start pulsar.MessageID, inclusive bool, queue int) (pulsar.Reader, error) {
 	bo := newCappedBackoff(s.opts.RetryMax)
 	deadline := s.opts.Now().Add(s.opts.OperationTimeout)
 	for {
@@ -125,7 +202,7 @@ func (s *PulsarSource) createReaderAt(ctx context.Context, start pulsar.MessageI
 			Topic:                   s.topic,
 			StartMessageID:          start,
 			StartMessageIDInclusive: inclusive,
-			ReceiverQueueSize:       s.opts.ReceiverQueueSize,
+			ReceiverQueueSize:       queue,
 		})
 		if err == nil {
 			return r, nil
