@@ -100,32 +100,11 @@ func seal(ev *Event) ([]byte, error) {
 	return sealBody(ev, body)
 }
 
-// eventBody is Event's fields after Hash, encoded apart from the head so
-// that the expensive part of encoding happens outside the chain lock.
-// Keep it in step with Event (TestSealMatchesComputeHash checks).
-type eventBody struct {
-	RequestID  string    `json:"request_id"`
-	Decision   string    `json:"decision"`
-	Reason     string    `json:"reason"`
-	Route      string    `json:"route"`
-	Policy     PolicyRef `json:"policy"`
-	User       User      `json:"user"`
-	Request    Request   `json:"request"`
-	Response   Response  `json:"response"`
-	DurationMS Durations `json:"duration_ms"`
-}
-
-// encodeBody encodes the fields after Hash: the JSON object without its
-// opening brace.
+// encodeBody encodes the fields after Hash (see appendBody): the JSON
+// object without its opening brace. It is the expensive part of encoding,
+// done before the chain lock is taken.
 func encodeBody(ev *Event) ([]byte, error) {
-	b, err := json.Marshal(eventBody{
-		RequestID: ev.RequestID, Decision: ev.Decision, Reason: ev.Reason, Route: ev.Route,
-		Policy: ev.Policy, User: ev.User, Request: ev.Request, Response: ev.Response, DurationMS: ev.DurationMS,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("audit: encode event: %w", err)
-	}
-	return b[1:], nil
+	return appendBody(make([]byte, 0, 512), ev)
 }
 
 // sealBody writes the head fields (schema to prev_hash: values that need
@@ -136,7 +115,7 @@ func sealBody(ev *Event, body []byte) ([]byte, error) {
 	if y := ev.Time.Year(); y < 0 || y > 9999 {
 		return nil, fmt.Errorf("audit: encode event: time %s out of range", ev.Time)
 	}
-	if !instancePattern.MatchString(ev.Instance) || !plainJSON(ev.ID) || !plainJSON(ev.PrevHash) {
+	if !validInstance(ev.Instance) || !plainJSON(ev.ID) || !plainJSON(ev.PrevHash) {
 		return nil, errors.New("audit: encode event: id, instance or prev_hash holds characters that need escaping")
 	}
 	n := 128 + len(ev.ID) + len(ev.Instance) + len(ev.PrevHash) + hashLen + len(body)

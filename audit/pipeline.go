@@ -443,9 +443,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
-	if p.spool != nil {
-		go p.flushLoop(ctx)
-	}
 	for {
 		batch, hash, err := p.next(ctx)
 		if ctx.Err() != nil {
@@ -479,24 +476,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 		p.acked.Store(last)
 		p.m.acked.Add(float64(len(batch)))
-	}
-}
-
-// flushLoop commits spool records whose Record gave up waiting (its ctx
-// ended), so that they do not wait for the next request.
-func (p *Pipeline) flushLoop(ctx context.Context) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s := p.spool.Stats()
-			if s.Appended > s.Durable && !s.Failed {
-				_ = p.spool.Flush(ctx)
-			}
-		}
 	}
 }
 

@@ -344,6 +344,11 @@ func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events 
 	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
 	defer s.waitingSince.Store(0)
 
+	// The client holds on to each message until it is acknowledged, so the
+	// messages and their sequence ids are allocated once for the whole
+	// Publish rather than one by one.
+	slab := make([]pulsar.ProducerMessage, len(events))
+	seqs := make([]int64, len(events))
 	msgs := make([]*pulsar.ProducerMessage, 0, s.opts.BatchMessages)
 	for i := 0; i < len(events); {
 		// Build one chunk: at most BatchMessages events and BatchBytes bytes.
@@ -355,13 +360,9 @@ func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events 
 			if len(msgs) > 0 && size+n > s.opts.BatchBytes {
 				break
 			}
-			seq := int64(ev.Seq)
-			msgs = append(msgs, &pulsar.ProducerMessage{
-				Payload:    ev.Data,
-				Key:        ev.Key,
-				EventTime:  ev.Time,
-				SequenceID: &seq,
-			})
+			seqs[i] = int64(ev.Seq)
+			slab[i] = pulsar.ProducerMessage{Payload: ev.Data, Key: ev.Key, EventTime: ev.Time, SequenceID: &seqs[i]}
+			msgs = append(msgs, &slab[i])
 			size += n
 			i++
 		}

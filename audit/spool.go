@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,19 +35,22 @@ var errSpoolSeq = errors.New("audit: spool: sequence does not continue the spool
 // Contract:
 //
 //   - Append and Sync are safe for concurrent use; Append must be called in
-//     Seq order (the Pipeline calls it under its chain lock). Append only
-//     buffers and returns a Ticket; Sync(ctx, ticket) returns once that
-//     record is written and fsync'd. Concurrent Sync calls share one write and one fsync (group
-//     commit): whoever finds no commit running writes everything buffered so
-//     far, the others wait for it.
+//     Seq order (the Pipeline calls it under its chain lock). Append buffers
+//     the record and returns a Ticket; Sync(ctx, ticket) returns once that
+//     record is written and fsync'd. The spool's committer goroutine writes
+//     everything buffered with one write and one fsync (group commit), back
+//     to back while records keep coming (see spool_commit.go).
 //   - What Sync confirmed survives a crash of the process or the machine.
 //     What was only appended may be lost; a record torn by a crash is found
 //     by its length and CRC-32C and cut off when the spool is opened, and
 //     the loss is reported in Recovery.
 //   - ReadBatch, Ack and the reader position belong to one goroutine (the
-//     shipper). ReadBatch only returns records confirmed by Sync. Ack(seq)
-//     records that the sink holds every event up to seq; segments entirely
-//     at or below it are deleted. The acknowledgement is written without
+//     shipper). ReadBatch only returns records confirmed by Sync. Recently
+//     committed records are also kept in memory (up to spoolMemBytes of
+//     event JSON), so that a shipper keeping up reads them without reading
+//     the file back; a shipper behind (an outage, a restart) reads the
+//     segments. Ack(seq) records that the sink holds every event up to
+//     seq; segments entirely at or below it are deleted. The acknowledgement is written without
 //     fsync: after a crash a few acknowledged events may be delivered
 //     again, which sinks de-duplicate by Seq.
 //   - Bytes counts every segment file plus what is buffered; an Append that
@@ -78,14 +79,24 @@ type Spool struct {
 	tailInstance string
 
 	mu          sync.Mutex
-	pending     []byte // framed records waiting for the next commit
+	pending     []byte    // framed records waiting for the next commit
+	pendRecs    []Encoded // the same records, for the reader
 	spare       []byte
+	spareRecs   []Encoded
+	mem         []Encoded // committed records, contiguous, not yet read (see ReadBatch)
+	memBytes    int
+	memMax      int // spoolMemBytes; tests lower it
 	pendFirst   uint64
 	pendLast    uint64
 	pendHash    string
 	pendN       int
+	pendDone    chan struct{} // closed when the commit attempt taking the pending records ends
 	committing  bool
+	commitDone  chan struct{} // the running commit's pendDone
 	flushed     chan struct{} // closed after every commit attempt, then replaced
+	kick        chan struct{} // wakes the committer (capacity 1)
+	stopCommit  chan struct{}
+	commitExit  chan struct{} // closed when the committer has returned
 	err         error         // sticky write failure
 	failedAt    time.Time
 	retryWait   time.Duration
@@ -106,7 +117,8 @@ type Spool struct {
 	// Reader state: the shipper's goroutine only.
 	rnext  uint64 // next seq to read
 	rfirst uint64 // first seq of the segment rfile belongs to
-	roff   int64
+	roff   int64  // offset in rfile of the record rseq
+	rseq   uint64 // behind rnext after reads from memory
 	rfile  *os.File
 }
 
@@ -152,6 +164,7 @@ const (
 	minSegBytes    = 4 << 10
 	maxSegBytes    = 64 << 20
 	readChunk      = 1 << 20 // bytes read per step at most (a larger record is read whole)
+	spoolMemBytes  = 8 << 20 // event JSON of committed records kept in memory for the reader
 )
 
 // SpoolOptions tunes a Spool.
@@ -169,6 +182,7 @@ type SpoolOptions struct {
 // Ticket identifies an appended record for Sync.
 type Ticket struct {
 	seq, epoch uint64
+	done       chan struct{} // closed when the commit attempt covering seq ends
 }
 
 // Seq is the record's seq.
@@ -198,6 +212,9 @@ func OpenSpool(dir string, maxBytes int64, opts SpoolOptions) (*Spool, error) {
 		table:     crc32.MakeTable(crc32.Castagnoli),
 		lock:      lock,
 		flushed:   make(chan struct{}),
+		pendDone:  make(chan struct{}),
+		kick:      make(chan struct{}, 1),
+		memMax:    spoolMemBytes,
 		retryWait: opts.RetryWait,
 		epochEnd:  map[uint64]uint64{},
 	}
@@ -208,6 +225,8 @@ func OpenSpool(dir string, maxBytes int64, opts SpoolOptions) (*Spool, error) {
 		s.closeFiles()
 		return nil, err
 	}
+	s.stopCommit, s.commitExit = make(chan struct{}), make(chan struct{})
+	go s.commitLoop()
 	return s, nil
 }
 
@@ -436,7 +455,7 @@ func (s *Spool) continueFrom(seq uint64, hash string) {
 // unacknowledged records remain.
 func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
 	s.mu.Lock()
-	if s.acked < s.appended || s.pendN > 0 {
+	if s.acked < s.appended || s.pendN > 0 || s.committing {
 		s.mu.Unlock()
 		return false, nil
 	}
@@ -463,7 +482,9 @@ func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
 }
 
 // Append buffers e (whose Seq must follow the last appended one) for the
-// next group commit and returns the Ticket to Sync on. hash is the event's
+// next group commit, which the committer starts at once unless one is
+// running, and returns the Ticket to Sync on. The spool keeps e.Data for
+// the reader: the caller must not modify it. hash is the event's
 // Hash, kept for Tail. It fails with ErrSpoolFull, with an error wrapping
 // ErrUnavailable while the spool is failing, or with ErrClosed.
 func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
@@ -491,182 +512,18 @@ func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
 		s.pendFirst = e.Seq
 	}
 	s.pending = s.appendFrame(s.pending, &e)
+	s.pendRecs = append(s.pendRecs, e)
 	s.pendN++
 	s.pendLast, s.pendHash = e.Seq, hash
 	s.appended, s.appendHash = e.Seq, hash
 	s.bytes += n
-	return Ticket{seq: e.Seq, epoch: s.epoch}, nil
-}
-
-// Flush writes and fsyncs everything appended so far.
-func (s *Spool) Flush(ctx context.Context) error {
-	s.mu.Lock()
-	t := Ticket{seq: s.appended, epoch: s.epoch}
-	s.mu.Unlock()
-	return s.Sync(ctx, t)
-}
-
-// Sync returns once the ticket's record is written and fsync'd, or with
-// an error wrapping ErrUnavailable when the write failed (the record is
-// discarded), or ctx's error (the record may then still be written later).
-func (s *Spool) Sync(ctx context.Context, t Ticket) error {
-	s.mu.Lock()
-	for {
-		if t.epoch != s.epoch {
-			// A write failure ended the ticket's epoch: the record is
-			// durable only if it was committed before that.
-			ok := t.seq <= s.epochEnd[t.epoch]
-			s.mu.Unlock()
-			if ok {
-				return nil
-			}
-			return fmt.Errorf("audit: spool write failed; record %d discarded: %w", t.seq, ErrUnavailable)
-		}
-		if s.durable >= t.seq {
-			s.mu.Unlock()
-			return nil
-		}
-		if s.closed {
-			s.mu.Unlock()
-			return fmt.Errorf("audit: spool: %w", ErrClosed)
-		}
-		if !s.committing && s.pendN > 0 {
-			s.commitLocked()
-			continue
-		}
-		ch := s.flushed
-		s.mu.Unlock()
+	if s.pendN == 1 {
 		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("audit: waiting for the spool: %w", ctx.Err())
-		}
-		s.mu.Lock()
-	}
-}
-
-// commitLocked writes and fsyncs everything pending, releasing s.mu while
-// it does so (other goroutines keep appending), and wakes every waiter.
-func (s *Spool) commitLocked() {
-	s.committing = true
-	// Let goroutines that are about to append do so first (they were
-	// typically woken by the previous commit), so that one fsync covers
-	// them too: yield while the pending batch keeps growing.
-	for range 8 {
-		n := s.pendN
-		s.mu.Unlock()
-		runtime.Gosched()
-		s.mu.Lock()
-		if s.pendN == n {
-			break
+		case s.kick <- struct{}{}:
+		default: // the committer is already kicked
 		}
 	}
-	buf, first, last, hash, n := s.pending, s.pendFirst, s.pendLast, s.pendHash, s.pendN
-	s.pending, s.spare = s.spare[:0], nil
-	s.pendN = 0
-	cur := s.cur
-	var active *spoolSegment
-	if len(s.segs) > 0 {
-		active = s.segs[len(s.segs)-1]
-	}
-	rotate := cur == nil || active.size >= s.segBytes
-	s.mu.Unlock()
-
-	var newSeg *spoolSegment
-	var newFile *os.File
-	err := func() error {
-		f := cur
-		if rotate {
-			path := filepath.Join(s.dir, fmt.Sprintf(segNameFormat, first))
-			nf, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			if err != nil {
-				return err
-			}
-			newFile, newSeg = nf, &spoolSegment{first: first, last: first - 1, path: path}
-			if err := syncDir(s.dir); err != nil {
-				return err
-			}
-			f = nf
-		}
-		if _, err := f.Write(buf); err != nil {
-			return err
-		}
-		return f.Sync()
-	}()
-
-	s.mu.Lock()
-	s.committing = false
-	s.commits++
-	if err == nil {
-		if newSeg != nil {
-			if cur != nil {
-				cur.Close()
-			}
-			s.cur = newFile
-			s.segs = append(s.segs, newSeg)
-			active = newSeg
-		}
-		active.size += int64(len(buf))
-		active.last = last
-		s.durable, s.durableHash = last, hash
-		s.records += uint64(n)
-		s.spare = buf
-	} else {
-		s.failLocked(err, int64(len(buf)), newFile, newSeg)
-	}
-	close(s.flushed)
-	s.flushed = make(chan struct{})
-}
-
-// failLocked handles a failed commit of failedBytes: the spool stops
-// accepting, everything not confirmed is discarded (the Pipeline
-// continues the chain from Tail), and the active segment is cut back to
-// its confirmed size.
-func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSeg *spoolSegment) {
-	s.err, s.failedAt = err, time.Now()
-	s.epochEnd[s.epoch] = s.durable
-	s.epoch++
-	s.log.Error("audit: spool write failed; refusing events until it recovers", "err", err)
-	if newFile != nil {
-		newFile.Close()
-		os.Remove(newSeg.path)
-	}
-	s.bytes -= failedBytes + int64(len(s.pending))
-	s.pending = s.pending[:0]
-	s.pendN = 0
-	s.appended, s.appendHash = s.durable, s.durableHash
-	s.recoverLocked()
-	// Stay failed until the retry wait has passed, even if the cut worked:
-	// a failing disk tends to fail again.
-}
-
-// recoverLocked reopens the active segment cut back to its confirmed size
-// and clears the failure when that works and the retry wait has passed.
-func (s *Spool) recoverLocked() bool {
-	if s.cur != nil && len(s.segs) > 0 {
-		active := s.segs[len(s.segs)-1]
-		s.cur.Close()
-		s.cur = nil
-		f, err := os.OpenFile(active.path, os.O_WRONLY, 0o600)
-		if err != nil {
-			s.log.Error("audit: spool: cannot reopen the active segment", "err", err)
-			return false
-		}
-		s.cur = f
-		if err := f.Truncate(active.size); err != nil {
-			s.log.Error("audit: spool: cannot cut the active segment back", "err", err)
-			return false
-		}
-		if _, err := f.Seek(active.size, io.SeekStart); err != nil {
-			return false
-		}
-	}
-	if time.Since(s.failedAt) < s.retryWait {
-		return false
-	}
-	s.log.Info("audit: spool accepting events again", "after", s.err)
-	s.err = nil
-	return true
+	return Ticket{seq: e.Seq, epoch: s.epoch, done: s.pendDone}, nil
 }
 
 // Accepting reports whether an Append of a typical event would be taken
@@ -692,17 +549,23 @@ func (s *Spool) Stats() SpoolStats {
 	}
 }
 
-// Close commits nothing more (call Sync first), releases the files and the
-// directory lock. Appends fail with ErrClosed afterwards.
+// Close commits nothing more (call Flush first): it waits for a running
+// commit, stops the committer, releases the files and the directory lock.
+// Appends and Syncs of records never committed fail with ErrClosed
+// afterwards.
 func (s *Spool) Close() error {
 	s.mu.Lock()
-	for s.committing {
-		ch := s.flushed
+	if s.closed {
 		s.mu.Unlock()
-		<-ch
-		s.mu.Lock()
+		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	close(s.stopCommit)
+	<-s.commitExit
+	s.mu.Lock()
+	close(s.pendDone) // wake the waiters of records never committed
+	s.pendDone = make(chan struct{})
 	s.mu.Unlock()
 	return s.closeFiles()
 }

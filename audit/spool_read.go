@@ -23,9 +23,13 @@ func (s *Spool) Waiter() (uint64, <-chan struct{}) {
 // ReadBatch returns the next confirmed records after the reader position,
 // at most maxN of them and about maxBytes of event JSON (at least one
 // record when any is available), in Seq order, and advances the position.
-// It returns an empty batch when nothing new is confirmed. Each call
-// allocates its own buffer: Data stays valid.
+// It returns an empty batch when nothing new is confirmed. The records come
+// from memory when the reader is close behind the commits, else from the
+// segment files; either way Data is never modified and stays valid.
 func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
+	if out := s.readMem(maxN, maxBytes); out != nil {
+		return out, nil
+	}
 	var out []Encoded
 	for len(out) < maxN {
 		s.mu.Lock()
@@ -57,11 +61,12 @@ func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
 			if err != nil {
 				return out, fmt.Errorf("audit: spool: %w", err)
 			}
-			s.rfile, s.rfirst, s.roff = f, first, 0
-			if s.rnext != first {
-				if err := s.skipTo(s.rnext, size); err != nil {
-					return out, err
-				}
+			s.rfile, s.rfirst, s.roff, s.rseq = f, first, 0, first
+		}
+		if s.rseq != s.rnext {
+			// Opened mid-segment, or the records since came from memory.
+			if err := s.skipTo(s.rnext, size); err != nil {
+				return out, err
 			}
 		}
 		want := min(size-s.roff, int64(max(maxBytes, 0)+(maxN-len(out))*(frameHeader+bodyHeader+64)))
@@ -102,6 +107,7 @@ func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
 			return out, fmt.Errorf("audit: spool: record at %s offset %d has seq %d, want %d", path, s.roff, rec.Seq, s.rnext)
 		}
 		s.roff += int64(used)
+		s.rseq = s.rnext
 		if maxBytes <= 0 {
 			break
 		}
@@ -109,24 +115,50 @@ func (s *Spool) ReadBatch(maxN, maxBytes int) ([]Encoded, error) {
 	return out, nil
 }
 
-// skipTo advances the reader within its segment to the record seq.
+// readMem is ReadBatch from the records kept in memory: nil when the
+// next record to read is not there.
+func (s *Spool) readMem(maxN, maxBytes int) []Encoded {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.mem) == 0 {
+		return nil
+	}
+	if first := s.mem[0].Seq; first < s.rnext {
+		// Read from the file meanwhile.
+		s.dropMemLocked(int(min(s.rnext-first, uint64(len(s.mem)))))
+	}
+	if len(s.mem) == 0 || s.mem[0].Seq != s.rnext || maxN <= 0 {
+		return nil
+	}
+	n, size := 0, 0
+	for n < len(s.mem) && n < maxN && (n == 0 || size+len(s.mem[n].Data) <= maxBytes) {
+		size += len(s.mem[n].Data)
+		n++
+	}
+	out := s.mem[:n:n] // the reader's now; memory goes on after it
+	s.mem = s.mem[n:]
+	s.memBytes -= size
+	s.rnext += uint64(n)
+	return out
+}
+
+// skipTo advances the reader within its segment, from the record rseq at
+// roff, to the record seq.
 func (s *Spool) skipTo(seq uint64, size int64) error {
-	b := make([]byte, size)
-	if _, err := s.rfile.ReadAt(b, 0); err != nil {
+	b := make([]byte, size-s.roff)
+	if _, err := s.rfile.ReadAt(b, s.roff); err != nil {
 		return fmt.Errorf("audit: spool: read: %w", err)
 	}
 	off := 0
-	for off < len(b) {
-		rec, n, ok := s.parseFrame(b[off:])
+	for s.rseq < seq {
+		_, n, ok := s.parseFrame(b[off:])
 		if !ok {
-			return fmt.Errorf("audit: spool: corrupt record at %s offset %d", s.rfile.Name(), off)
-		}
-		if rec.Seq == seq {
-			break
+			return fmt.Errorf("audit: spool: corrupt record at %s offset %d", s.rfile.Name(), s.roff+int64(off))
 		}
 		off += n
+		s.rseq++
 	}
-	s.roff = int64(off)
+	s.roff += int64(off)
 	return nil
 }
 

@@ -317,3 +317,78 @@ func TestSpoolTailSurvivesDeletedSegments(t *testing.T) {
 		t.Errorf("read %v, want 4..5", got)
 	}
 }
+
+func TestSpoolReaderFallsBackToFileBehindMemory(t *testing.T) {
+	s, err := OpenSpool(t.TempDir(), 1<<30, SpoolOptions{SegmentBytes: 4 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rec := testRecord(1)
+	s.memMax = 10 * len(rec.Data) // about ten records stay in memory
+	appendSync(t, s, 1, 3)
+	if got := readAll(t, s); !equalSeqs(got, seqRange(1, 3)) {
+		t.Fatalf("read %v, want 1..3", got)
+	}
+	// The reader falls behind by more than memory holds (an outage): the
+	// oldest records come from the segments, the newest from memory.
+	for from := uint64(4); from <= 200; from += 7 {
+		appendSync(t, s, from, min(from+6, 200))
+	}
+	s.mu.Lock()
+	memFirst, memLen := s.mem[0].Seq, len(s.mem)
+	s.mu.Unlock()
+	if memFirst <= 4 || memLen > 12 {
+		t.Fatalf("memory holds %d records from seq %d; want only the newest", memLen, memFirst)
+	}
+	if got := readAll(t, s); !equalSeqs(got, seqRange(4, 200)) {
+		t.Errorf("read %v, want 4..200", got)
+	}
+	s.mu.Lock()
+	if len(s.mem) != 0 || s.memBytes != 0 {
+		t.Errorf("after reading everything memory holds %d records, %d bytes", len(s.mem), s.memBytes)
+	}
+	s.mu.Unlock()
+	appendSync(t, s, 201, 205)
+	if got := readAll(t, s); !equalSeqs(got, seqRange(201, 205)) {
+		t.Errorf("read %v, want 201..205", got)
+	}
+}
+
+func TestSpoolReaderSwitchesBetweenFileAndMemory(t *testing.T) {
+	s, err := OpenSpool(t.TempDir(), 1<<30, SpoolOptions{SegmentBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rec := testRecord(1)
+	s.memMax = 10 * len(rec.Data)
+	next := uint64(1)
+	// Alternate: fall behind (file), catch up (memory), again and again,
+	// all within one segment.
+	for round := 0; round < 5; round++ {
+		from := next
+		for i := 0; i < 6; i++ {
+			appendSync(t, s, next, next+4)
+			next += 5
+		}
+		b, err := s.ReadBatch(7, 1<<20) // from the file: memory lost the oldest
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		got := []uint64{}
+		for _, r := range b {
+			got = append(got, r.Seq)
+		}
+		rest := readAll(t, s)
+		got = append(got, rest...)
+		if !equalSeqs(got, seqRange(from, next-1)) {
+			t.Fatalf("round %d: read %v, want %d..%d", round, got, from, next-1)
+		}
+		appendSync(t, s, next, next+1) // from memory
+		next += 2
+		if got := readAll(t, s); !equalSeqs(got, seqRange(next-2, next-1)) {
+			t.Fatalf("round %d: read %v from memory, want %d..%d", round, got, next-2, next-1)
+		}
+	}
+}
