@@ -106,8 +106,8 @@ type Pipeline struct {
 	entropy *ulid.MonotonicEntropy
 	closed  bool
 
-	spool *Spool      // durable and fail-closed
-	queue chan queued // best-effort
+	spool *Spool       // durable and fail-closed
+	queue chan Encoded // best-effort
 
 	runMu   sync.Mutex
 	running bool
@@ -116,12 +116,6 @@ type Pipeline struct {
 	stopped sync.Once
 
 	acked atomic.Uint64 // highest acknowledged seq
-}
-
-// queued is a best-effort event waiting in memory.
-type queued struct {
-	enc  Encoded
-	hash string
 }
 
 var _ Recorder = (*Pipeline)(nil)
@@ -175,7 +169,7 @@ func Open(ctx context.Context, cfg Config, dataDir string, sink Sink, opts Optio
 		if buf <= 0 {
 			buf = DefaultBuffer
 		}
-		p.queue = make(chan queued, buf)
+		p.queue = make(chan Encoded, buf)
 		p.last = st
 		p.acked.Store(st.Seq)
 		if segs, _ := filepath.Glob(filepath.Join(cfg.Spool.Dir, "*"+segSuffix)); len(segs) > 0 {
@@ -276,7 +270,7 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 	}
 
 	if p.queue != nil {
-		p.queue <- queued{enc: enc, hash: ev.Hash}
+		p.queue <- enc
 		p.last = ChainState{Instance: p.instance, Seq: ev.Seq, Hash: ev.Hash}
 		p.mu.Unlock()
 		p.m.recorded.Inc()
@@ -443,8 +437,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
+	var saved uint64 // best-effort: the seq of the chain state saved
 	for {
-		batch, hash, err := p.next(ctx)
+		batch, err := p.next(ctx)
 		if ctx.Err() != nil {
 			if len(batch) > 0 {
 				p.lose(batch, ctx.Err())
@@ -454,13 +449,19 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if p.queue != nil {
+		if p.queue != nil && batch[len(batch)-1].Seq > saved {
 			// Save the chain before the events leave: after a crash the
 			// chain continues behind them (a gap where events were lost,
-			// never a seq used twice).
-			last := batch[len(batch)-1]
-			if err := saveChainState(p.dataDir, ChainState{Instance: p.instance, Seq: last.Seq, Hash: hash}); err != nil {
+			// never a seq used twice). The state saved is the newest
+			// event's, so that while the shipper is behind, one save covers
+			// the batches of the whole queue.
+			p.mu.Lock()
+			st := p.last
+			p.mu.Unlock()
+			if err := saveChainState(p.dataDir, st); err != nil {
 				p.log.Error("audit: saving the chain state", "err", err)
+			} else {
+				saved = st.Seq
 			}
 		}
 		if err := p.publish(ctx, batch); err != nil {
@@ -479,39 +480,37 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 }
 
-// next waits for the next batch. For best-effort it also returns the last
-// event's hash.
-func (p *Pipeline) next(ctx context.Context) ([]Encoded, string, error) {
+// next waits for the next batch.
+func (p *Pipeline) next(ctx context.Context) ([]Encoded, error) {
 	if p.queue != nil {
-		var first queued
+		var first Encoded
 		select {
 		case first = <-p.queue:
 		case <-ctx.Done():
-			return nil, "", ctx.Err()
+			return nil, ctx.Err()
 		}
-		batch := []Encoded{first.enc}
-		hash, size := first.hash, len(first.enc.Data)
+		batch := []Encoded{first}
+		size := len(first.Data)
 		for len(batch) < p.opts.BatchEvents && size < p.opts.BatchBytes {
 			select {
 			case q := <-p.queue:
-				batch = append(batch, q.enc)
-				hash = q.hash
-				size += len(q.enc.Data)
+				batch = append(batch, q)
+				size += len(q.Data)
 				continue
 			default:
 			}
 			break
 		}
-		return batch, hash, nil
+		return batch, nil
 	}
 	for {
 		batch, err := p.spool.ReadBatch(p.opts.BatchEvents, p.opts.BatchBytes)
 		if len(batch) > 0 {
-			return batch, "", nil
+			return batch, nil
 		}
 		if err != nil {
 			p.log.Error("audit: reading the spool", "err", err)
-			return nil, "", err
+			return nil, err
 		}
 		durable, ch := p.spool.Waiter()
 		if durable >= p.spool.rnext {
@@ -520,7 +519,7 @@ func (p *Pipeline) next(ctx context.Context) ([]Encoded, string, error) {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, "", ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 }
@@ -628,9 +627,9 @@ func (p *Pipeline) Close(ctx context.Context) error {
 			for i := 0; i < n; i++ {
 				q := <-p.queue
 				if i == 0 {
-					first = q.enc.Seq
+					first = q.Seq
 				}
-				lastSeq = q.enc.Seq
+				lastSeq = q.Seq
 			}
 			p.m.lost.Add(float64(n))
 			p.log.Error("audit: events lost: best-effort queue not delivered before shutdown", "lost", n, "first_seq", first, "last_seq", lastSeq)

@@ -523,3 +523,38 @@ func TestPipelineMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// offerSink fails every publish and remembers the highest seq offered.
+type offerSink struct {
+	memSink
+	offered atomic.Uint64
+}
+
+func (s *offerSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
+	if last := batch[len(batch)-1].Seq; last > s.offered.Load() {
+		s.offered.Store(last)
+	}
+	return s.memSink.PublishEncoded(ctx, batch)
+}
+
+func TestPipelineBestEffortCrashNeverReusesOfferedSeq(t *testing.T) {
+	env := newEnv(t, ModeBestEffort)
+	sink := &offerSink{}
+	sink.failing.Store(true)
+	p, stop := env.open(t, sink, true)
+	defer stop()
+	defer sink.failing.Store(false)
+	record(t, p, 1, 30)
+	waitFor(t, "a batch offered to the sink", func() bool { return sink.offered.Load() > 0 })
+	offered := sink.offered.Load()
+
+	// The process dies here with its queue in memory (no Close); the next
+	// one starts from the data directory. The broker may hold what was
+	// offered, and de-duplicates by seq: the chain must go on above it.
+	p2, stop2 := env.open(t, &memSink{}, false)
+	defer stop2()
+	next := record(t, p2, 31, 31)[0]
+	if next.Seq <= offered {
+		t.Errorf("after the crash the chain goes on at seq %d, but seq %d was offered to the sink", next.Seq, offered)
+	}
+}

@@ -33,8 +33,9 @@ import (
 //     1000 (the pipeline's default batch).
 //   - pipeline-durable: Pipeline.Record (fsync'd spool, group commit) from
 //     64 goroutines (requests in flight) until the sink has acknowledged
-//     every event. The events are built before the clock starts (building
-//     them is the proxy's work); Record completes, encodes and hashes them.
+//     every event. Each Record gets a fresh Event copied from one of 4096
+//     templates built before the clock starts (building events is the
+//     proxy's work); Record completes, encodes and hashes them.
 //     Each Record waits for the fsync covering its event, so with a fixed
 //     number of requests in flight this measures latency as much as
 //     capacity.
@@ -149,10 +150,12 @@ func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, wor
 		defer cancel()
 		runDone := make(chan error, 1)
 		go func() { runDone <- p.Run(ctx) }()
-		evs := make([]*Event, b.N)
-		for i := range evs {
-			evs[i] = pulsarTestEvent(instance, uint64(i+1), time.Time{})
-			evs[i].Time = time.Time{} // stamped by the pipeline
+		// Templates built before the clock starts; each Record gets a fresh
+		// copy, as a proxy fills a new Event from strings it already has.
+		templates := make([]Event, min(b.N, 4096))
+		for i := range templates {
+			templates[i] = *pulsarTestEvent(instance, uint64(i+1), time.Time{})
+			templates[i].Time = time.Time{} // stamped by the pipeline
 		}
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -167,7 +170,9 @@ func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, wor
 					if i > int64(b.N) {
 						return
 					}
-					if err := p.Record(ctx, evs[i-1]); err != nil {
+					ev := new(Event)
+					*ev = templates[int(i-1)%len(templates)]
+					if err := p.Record(ctx, ev); err != nil {
 						b.Error(err)
 						return
 					}
