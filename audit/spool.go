@@ -90,9 +90,9 @@ type Spool struct {
 	pendLast    uint64
 	pendHash    string
 	pendN       int
-	pendDone    chan struct{} // closed when the commit attempt taking the pending records ends
+	pendGroup   *commitGroup // the outcome of the commit that will take the pending records
 	committing  bool
-	commitDone  chan struct{} // the running commit's pendDone
+	commitGroup *commitGroup  // the running commit's
 	flushed     chan struct{} // closed after every commit attempt, then replaced
 	kick        chan struct{} // wakes the committer (capacity 1)
 	stopCommit  chan struct{}
@@ -100,9 +100,7 @@ type Spool struct {
 	err         error         // sticky write failure
 	failedAt    time.Time
 	retryWait   time.Duration
-	epoch       uint64            // incremented by every write failure
-	epochEnd    map[uint64]uint64 // durable seq when each ended epoch failed
-	appended    uint64            // last seq appended (buffered or durable)
+	appended    uint64 // last seq appended (buffered or durable)
 	appendHash  string
 	durable     uint64 // last seq written and fsync'd
 	durableHash string
@@ -181,8 +179,8 @@ type SpoolOptions struct {
 
 // Ticket identifies an appended record for Sync.
 type Ticket struct {
-	seq, epoch uint64
-	done       chan struct{} // closed when the commit attempt covering seq ends
+	seq   uint64
+	group *commitGroup // nil: nothing to wait for
 }
 
 // Seq is the record's seq.
@@ -212,11 +210,10 @@ func OpenSpool(dir string, maxBytes int64, opts SpoolOptions) (*Spool, error) {
 		table:     crc32.MakeTable(crc32.Castagnoli),
 		lock:      lock,
 		flushed:   make(chan struct{}),
-		pendDone:  make(chan struct{}),
+		pendGroup: newCommitGroup(),
 		kick:      make(chan struct{}, 1),
 		memMax:    spoolMemBytes,
 		retryWait: opts.RetryWait,
-		epochEnd:  map[uint64]uint64{},
 	}
 	if s.retryWait <= 0 {
 		s.retryWait = spoolRetryWait
@@ -523,7 +520,7 @@ func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
 		default: // the committer is already kicked
 		}
 	}
-	return Ticket{seq: e.Seq, epoch: s.epoch, done: s.pendDone}, nil
+	return Ticket{seq: e.Seq, group: s.pendGroup}, nil
 }
 
 // Accepting reports whether an Append of a typical event would be taken
@@ -564,8 +561,8 @@ func (s *Spool) Close() error {
 	close(s.stopCommit)
 	<-s.commitExit
 	s.mu.Lock()
-	close(s.pendDone) // wake the waiters of records never committed
-	s.pendDone = make(chan struct{})
+	s.pendGroup.end(fmt.Errorf("audit: spool: %w", ErrClosed)) // records never committed
+	s.pendGroup = newCommitGroup()
 	s.mu.Unlock()
 	return s.closeFiles()
 }

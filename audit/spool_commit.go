@@ -20,42 +20,38 @@ import (
 // lone record is written at once when the spool is idle, and every Record
 // is woken once, by the commit that made it durable.
 
+// commitGroup is the outcome of one commit attempt, shared by the Sync
+// calls of the records it takes: they wait for done and read err without
+// taking the spool's lock.
+type commitGroup struct {
+	done chan struct{} // closed when the attempt has ended
+	err  error         // the outcome; written before done is closed
+}
+
+func newCommitGroup() *commitGroup { return &commitGroup{done: make(chan struct{})} }
+
+func (g *commitGroup) end(err error) {
+	g.err = err
+	close(g.done)
+}
+
 // Sync returns once the ticket's record is written and fsync'd, or with
 // an error wrapping ErrUnavailable when the write failed (the record is
-// discarded), or ctx's error (the record may then still be written later).
+// discarded), or wrapping ErrClosed when the spool was closed before the
+// record was written, or with ctx's error (the record may then still be
+// written).
 func (s *Spool) Sync(ctx context.Context, t Ticket) error {
-	s.mu.Lock()
-	ch := t.done
-	for {
-		if t.epoch != s.epoch {
-			// A write failure ended the ticket's epoch: the record is
-			// durable only if it was committed before that.
-			ok := t.seq <= s.epochEnd[t.epoch]
-			s.mu.Unlock()
-			if ok {
-				return nil
-			}
-			return fmt.Errorf("audit: spool write failed; record %d discarded: %w", t.seq, ErrUnavailable)
+	if t.group == nil {
+		return nil
+	}
+	select {
+	case <-t.group.done:
+		if err := t.group.err; err != nil {
+			return fmt.Errorf("audit: spool: record %d not written: %w", t.seq, err)
 		}
-		if s.durable >= t.seq {
-			s.mu.Unlock()
-			return nil
-		}
-		if s.closed {
-			s.mu.Unlock()
-			return fmt.Errorf("audit: spool: %w", ErrClosed)
-		}
-		if ch == nil {
-			ch = s.flushed
-		}
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("audit: waiting for the spool: %w", ctx.Err())
-		}
-		ch = nil // any later wait is for the next commit
-		s.mu.Lock()
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("audit: waiting for the spool: %w", ctx.Err())
 	}
 }
 
@@ -63,12 +59,12 @@ func (s *Spool) Sync(ctx context.Context, t Ticket) error {
 // (see Sync).
 func (s *Spool) Flush(ctx context.Context) error {
 	s.mu.Lock()
-	t := Ticket{seq: s.appended, epoch: s.epoch}
+	t := Ticket{seq: s.appended}
 	switch {
 	case s.pendN > 0:
-		t.done = s.pendDone
+		t.group = s.pendGroup
 	case s.committing:
-		t.done = s.commitDone
+		t.group = s.commitGroup
 	}
 	s.mu.Unlock()
 	return s.Sync(ctx, t)
@@ -99,9 +95,9 @@ func (s *Spool) commitLocked() {
 	s.committing = true
 	buf, first, last, hash, n := s.pending, s.pendFirst, s.pendLast, s.pendHash, s.pendN
 	recs := s.pendRecs
-	done := s.pendDone
-	s.commitDone = done
-	s.pendDone = make(chan struct{})
+	group := s.pendGroup
+	s.commitGroup = group
+	s.pendGroup = newCommitGroup()
 	s.pending, s.spare = s.spare[:0], nil
 	s.pendRecs, s.spareRecs = s.spareRecs[:0], nil
 	s.pendN = 0
@@ -137,7 +133,7 @@ func (s *Spool) commitLocked() {
 
 	s.mu.Lock()
 	s.committing = false
-	s.commitDone = nil
+	s.commitGroup = nil
 	s.commits++
 	if err == nil {
 		if newSeg != nil {
@@ -154,12 +150,13 @@ func (s *Spool) commitLocked() {
 		s.records += uint64(n)
 		s.spare = buf
 		s.keepLocked(recs)
+		group.end(nil)
 	} else {
 		s.failLocked(err, int64(len(buf)), newFile, newSeg)
+		group.end(fmt.Errorf("audit: spool write failed: %v: %w", err, ErrUnavailable))
 	}
 	clear(recs)
 	s.spareRecs = recs[:0]
-	close(done)
 	close(s.flushed)
 	s.flushed = make(chan struct{})
 }
@@ -206,8 +203,6 @@ func (s *Spool) dropMemLocked(n int) {
 // segment is cut back to its confirmed size.
 func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSeg *spoolSegment) {
 	s.err, s.failedAt = err, time.Now()
-	s.epochEnd[s.epoch] = s.durable
-	s.epoch++
 	s.log.Error("audit: spool write failed; refusing events until it recovers", "err", err)
 	if newFile != nil {
 		newFile.Close()
@@ -218,8 +213,8 @@ func (s *Spool) failLocked(err error, failedBytes int64, newFile *os.File, newSe
 	clear(s.pendRecs)
 	s.pendRecs = s.pendRecs[:0]
 	s.pendN = 0
-	close(s.pendDone)
-	s.pendDone = make(chan struct{})
+	s.pendGroup.end(fmt.Errorf("audit: spool write failed before the record was written: %v: %w", err, ErrUnavailable))
+	s.pendGroup = newCommitGroup()
 	s.appended, s.appendHash = s.durable, s.durableHash
 	s.recoverLocked()
 	// Stay failed until the retry wait has passed, even if the cut worked:
