@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 )
 
@@ -15,10 +16,11 @@ import (
 // pending it takes all of them, writes them with one write and one fsync,
 // and then wakes exactly the Sync calls waiting for those records. Records
 // appended while a commit runs wait for the next one, which starts as soon
-// as the running one ends. So commits follow each other back to back under
-// load (each covering everything appended during the previous fsync), a
-// lone record is written at once when the spool is idle, and every Record
-// is woken once, by the commit that made it durable.
+// as the running one ends (after letting appends in progress finish). So
+// commits follow each other back to back under load, each covering
+// everything appended meanwhile; a lone record is written at once when the
+// spool is idle; and every Record is woken once, by the commit that made
+// it durable.
 
 // commitGroup is the outcome of one commit attempt, shared by the Sync
 // calls of the records it takes: they wait for done and read err without
@@ -93,6 +95,20 @@ func (s *Spool) commitLoop() {
 // waiters. Only the committer calls it.
 func (s *Spool) commitLocked() {
 	s.committing = true
+	// Let goroutines about to append do so first (typically those the
+	// previous commit woke), so that this fsync covers them too: yield while
+	// the pending batch keeps growing. Fewer, larger commits leave the CPU
+	// to the requests when it is short; when it is not, the yields cost
+	// next to nothing.
+	for range 8 {
+		n := s.pendN
+		s.mu.Unlock()
+		runtime.Gosched()
+		s.mu.Lock()
+		if s.pendN == n {
+			break
+		}
+	}
 	buf, first, last, hash, n := s.pending, s.pendFirst, s.pendLast, s.pendHash, s.pendN
 	recs := s.pendRecs
 	group := s.pendGroup
