@@ -38,7 +38,10 @@ type Options struct {
 	// Instance overrides the instance id (default: InstanceID).
 	Instance string
 	// BatchEvents is the most events handed to the sink at once (default
-	// 1000); BatchBytes bounds their JSON bytes (default 1MiB).
+	// 4000); BatchBytes bounds their JSON bytes (default 4MiB). The Pulsar
+	// sink sends a batch as several broker batches (PulsarOptions.
+	// BatchMessages) before it waits for their acknowledgement, so a
+	// larger batch keeps more in flight when the shipper is behind.
 	BatchEvents int
 	BatchBytes  int
 	// RetryMin and RetryMax bound the back-off between failed publishes
@@ -59,10 +62,10 @@ func (o Options) withDefaults() Options {
 		o.Clock = systemClock{}
 	}
 	if o.BatchEvents <= 0 {
-		o.BatchEvents = 1000
+		o.BatchEvents = 4000
 	}
 	if o.BatchBytes <= 0 {
-		o.BatchBytes = 1 << 20
+		o.BatchBytes = 4 << 20
 	}
 	if o.RetryMin <= 0 {
 		o.RetryMin = 100 * time.Millisecond
