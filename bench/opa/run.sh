@@ -26,20 +26,28 @@ awk '
     name = parts[2]; sub(/-[0-9]+$/, "", name)
     key = kind SUBSEP name
     n[key]++; v[key, n[key]] = $3 + 0
+    for (i = 4; i < NF; i++) if ($(i + 1) == "cpu-ns/op") c[key, n[key]] = $i + 0
     names[name] = 1
   }
-  function median(key,    i, j, t, m, a) {
+  function median(key) { return med(key, 0) }
+  function cpumedian(key) { return med(key, 1) }
+  function med(key, cpu,    i, j, t, m, a) {
     m = n[key]
-    for (i = 1; i <= m; i++) a[i] = v[key, i]
+    for (i = 1; i <= m; i++) a[i] = cpu ? c[key, i] : v[key, i]
     for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     if (m % 2) return a[(m + 1) / 2]
     return (a[m / 2] + a[m / 2 + 1]) / 2
   }
   END {
-    printf "%-10s %16s %16s %8s\n", "policy", "in-process ns/op", "sidecar ns/op", "ratio"
+    # cpu-ns/op (the process CPU per decision; for the sidecar it includes the
+    # OPA server) is steadier than wall time on a shared machine.
+    printf "%-10s %16s %16s %8s %14s %14s %8s\n", "policy", "in-process ns/op", "sidecar ns/op", "ratio", "in-proc cpu-ns", "sidecar cpu-ns", "ratio"
     for (name in names) {
-      d = median("Decision" SUBSEP name); s = (("Sidecar" SUBSEP name) in n) ? median("Sidecar" SUBSEP name) : 0
-      if (s > 0) printf "%-10s %16.0f %16.0f %7.1fx\n", name, d, s, s / d
+      d = median("Decision" SUBSEP name); dc = cpumedian("Decision" SUBSEP name)
+      s = (("Sidecar" SUBSEP name) in n) ? median("Sidecar" SUBSEP name) : 0
+      sc = (s > 0) ? cpumedian("Sidecar" SUBSEP name) : 0
+      if (s > 0 && dc > 0) printf "%-10s %16.0f %16.0f %7.1fx %14.0f %14.0f %7.1fx\n", name, d, s, s / d, dc, sc, sc / dc
+      else if (s > 0) printf "%-10s %16.0f %16.0f %7.1fx\n", name, d, s, s / d
       else printf "%-10s %16.0f %16s %8s\n", name, d, "skipped", "-"
     }
   }
