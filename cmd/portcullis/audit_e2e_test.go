@@ -75,37 +75,11 @@ func aeWritePolicies(t testing.TB) string {
 // provider, bearer tokens on, no access log) with the given policy
 // directory, audit section (indented by two spaces) and routes.
 func aeConfig(idp *idtest.Provider, policyDir, auditSection, routes string) string {
-	return `
-data_dir: {{DATA}}
-listen:
-  https: "{{HTTPS}}"
-  http: "{{HTTP}}"
-  admin: "{{ADMIN}}"
-tls:
-  mode: self-signed
-identity:
-  external_url: https://auth.example.test:{{HTTPS_PORT}}
-  providers:
-    - name: corp
-      issuer: ` + idp.Issuer + `
-      client_id: ` + idp.ClientID + `
-      client_secret: ` + idp.ClientSecret + `
-  session:
-    secrets: ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
-    cookie_domain: .example.test
-  bearer:
-    enabled: true
-    audiences: [portcullis]
-policy:
-  dir: ` + policyDir + `
-  # Generous: load tests share two cores with a Pulsar broker (re)starting.
-  decision_timeout: 5s
-log:
-  access_log: false
-audit:
-` + auditSection + `
-routes:
-` + routes
+	return stackConfig{
+		IDP: idp, PolicyDir: policyDir, Bearer: true, NoAccessLog: true, Audit: auditSection,
+		// Generous: load tests share two cores with a Pulsar broker (re)starting.
+		DecisionTimeout: "5s",
+	}.YAML() + "routes:\n" + routes
 }
 
 // aePulsarAudit is an audit section streaming to topic in mode; extra is

@@ -146,8 +146,7 @@ type e2eProvider struct {
 // app.example.test (docs policy: any signed-in reader) and the corpus's
 // www.whitelisteddomain.tld, both to up.
 func e2eConfig(p *idtest.Provider, up string) string {
-	cfg := strings.Replace(baseConfig(p), "  session:\n", "  bearer:\n    enabled: true\n    audiences: [portcullis]\n  session:\n", 1)
-	return cfg + `
+	return stackConfig{IDP: p, Bearer: true}.YAML() + `
 routes:
   - name: app
     host: ` + e2eAppHost + `

@@ -130,37 +130,10 @@ func peReplaceFile(t *testing.T, path, content string) {
 // loopback trusted as a proxy (so that X-Forwarded-For sets remote_addr),
 // the given policy directory and peDecisionTimeout. Callers append routes.
 func peConfig(idp *idtest.Provider, policyDir string) string {
-	return `
-data_dir: {{DATA}}
-listen:
-  https: "{{HTTPS}}"
-  http: "{{HTTP}}"
-  admin: "{{ADMIN}}"
-  trusted_proxies: ["127.0.0.1/32"]
-tls:
-  mode: self-signed
-identity:
-  external_url: https://auth.example.test:{{HTTPS_PORT}}
-  providers:
-    - name: corp
-      issuer: ` + idp.Issuer + `
-      client_id: ` + idp.ClientID + `
-      client_secret: ` + idp.ClientSecret + `
-  session:
-    secrets: ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
-    cookie_domain: .example.test
-  bearer:
-    enabled: true
-    audiences: [portcullis]
-policy:
-  dir: ` + policyDir + `
-  decision_timeout: ` + peDecisionTimeout.String() + `
-audit:
-  sink: file
-  file:
-    path: {{DATA}}/audit.jsonl
-  mode: durable
-`
+	return stackConfig{
+		IDP: idp, PolicyDir: policyDir, Bearer: true, TrustedProxies: `["127.0.0.1/32"]`,
+		DecisionTimeout: peDecisionTimeout.String(),
+	}.YAML()
 }
 
 // peRoute is one routes[] entry of a peConfig.

@@ -24,7 +24,7 @@ import (
 // that allows everyone, so anonymous requests to public routes pass) and
 // the given routes section.
 func rlConfig(idp *idtest.Provider, routes string) string {
-	return strings.Replace(baseConfig(idp), "dir: "+repoPolicies, "dir: {{DIR}}/policies", 1) + routes
+	return stackConfig{IDP: idp, PolicyDir: "{{DIR}}/policies"}.YAML() + routes
 }
 
 // rlWritePolicies writes the policy directory rlConfig names.

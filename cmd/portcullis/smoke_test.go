@@ -10,37 +10,70 @@ import (
 	"github.com/portcullis/portcullis/internal/idtest"
 )
 
-// baseConfig is a complete config for stack tests: self-signed TLS, a
-// mockoidc provider, the repository's policies and a file audit sink.
-// Callers append routes.
-func baseConfig(idp *idtest.Provider) string {
-	return `
-data_dir: {{DATA}}
-listen:
-  https: "{{HTTPS}}"
-  http: "{{HTTP}}"
-  admin: "{{ADMIN}}"
-tls:
-  mode: self-signed
-identity:
-  external_url: https://auth.example.test:` + "{{HTTPS_PORT}}" + `
-  providers:
-    - name: corp
-      issuer: ` + idp.Issuer + `
-      client_id: ` + idp.ClientID + `
-      client_secret: ` + idp.ClientSecret + `
-  session:
-    secrets: ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
-    cookie_domain: .example.test
-policy:
-  dir: ` + repoPolicies + `
-audit:
-  sink: file
-  file:
-    path: {{DATA}}/audit.jsonl
-  mode: durable
-`
+// stackConfig describes the config of a stack test; YAML renders it. The
+// zero value (with an IDP) is a complete config: self-signed TLS, the
+// mockoidc provider, the repository's policies, a durable file audit sink.
+// Callers append a routes section.
+type stackConfig struct {
+	IDP *idtest.Provider
+	// PolicyDir defaults to the repository's policies.
+	PolicyDir string
+	// DecisionTimeout, when set, overrides policy.decision_timeout.
+	DecisionTimeout string
+	// Bearer enables bearer tokens for audience portcullis.
+	Bearer bool
+	// TrustedProxies is listen.trusted_proxies as a YAML flow list.
+	TrustedProxies string
+	// ExternalHost is external_url's host (default auth.example.test).
+	ExternalHost string
+	// NoAccessLog turns the access log off.
+	NoAccessLog bool
+	// Audit is the audit section's body, indented by two spaces (default:
+	// durable, to {{DATA}}/audit.jsonl).
+	Audit string
 }
+
+func (c stackConfig) YAML() string {
+	var b strings.Builder
+	b.WriteString("\ndata_dir: {{DATA}}\nlisten:\n  https: \"{{HTTPS}}\"\n  http: \"{{HTTP}}\"\n  admin: \"{{ADMIN}}\"\n")
+	if c.TrustedProxies != "" {
+		b.WriteString("  trusted_proxies: " + c.TrustedProxies + "\n")
+	}
+	host := c.ExternalHost
+	if host == "" {
+		host = "auth.example.test"
+	}
+	b.WriteString("tls:\n  mode: self-signed\nidentity:\n  external_url: https://" + host + ":{{HTTPS_PORT}}\n")
+	b.WriteString("  providers:\n    - name: corp\n      issuer: " + c.IDP.Issuer +
+		"\n      client_id: " + c.IDP.ClientID + "\n      client_secret: " + c.IDP.ClientSecret + "\n")
+	b.WriteString("  session:\n    secrets: [\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"]\n    cookie_domain: .example.test\n")
+	if c.Bearer {
+		b.WriteString("  bearer:\n    enabled: true\n    audiences: [portcullis]\n")
+	}
+	dir := c.PolicyDir
+	if dir == "" {
+		dir = repoPolicies
+	}
+	b.WriteString("policy:\n  dir: " + dir + "\n")
+	if c.DecisionTimeout != "" {
+		b.WriteString("  decision_timeout: " + c.DecisionTimeout + "\n")
+	}
+	if c.NoAccessLog {
+		b.WriteString("log:\n  access_log: false\n")
+	}
+	audit := c.Audit
+	if audit == "" {
+		audit = "  sink: file\n  file:\n    path: {{DATA}}/audit.jsonl\n  mode: durable\n"
+	}
+	b.WriteString("audit:\n" + audit)
+	if !strings.HasSuffix(audit, "\n") {
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// baseConfig is stackConfig's default for idp.
+func baseConfig(idp *idtest.Provider) string { return stackConfig{IDP: idp}.YAML() }
 
 const repoPolicies = "../../policies"
 

@@ -245,12 +245,9 @@ func TestWorkerEndToEnd(t *testing.T) {
 
 	idp := idtest.NewProvider(t)
 	workerURL := fmt.Sprintf("http://127.0.0.1:%d", wkFreePort(t))
-	cfg := baseConfig(idp)
-	const baseExternal = "external_url: https://auth.example.test:{{HTTPS_PORT}}"
-	if !strings.Contains(cfg, baseExternal) {
-		t.Fatalf("baseConfig no longer has %q; adjust this test", baseExternal)
-	}
-	cfg = strings.Replace(cfg, baseExternal, "external_url: https://localhost:{{HTTPS_PORT}}", 1) + `
+	// The Worker fetches the JWKS from external_url: localhost resolves
+	// to loopback in workerd, and the local CA issues a leaf for it.
+	cfg := stackConfig{IDP: idp, ExternalHost: "localhost"}.YAML() + `
 routes:
   - name: app
     host: app.example.test
