@@ -89,7 +89,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	aStart := h.clock.Now()
 	who, err := st.Auth.Authenticate(w, r)
 	x.authn = h.clock.Now().Sub(aStart)
-	h.m.phase.WithLabelValues("authn").Observe(x.authn.Seconds())
+	h.m.phaseAuthn.Observe(x.authn.Seconds())
 	if errors.Is(err, identity.ErrProviderUnavailable) {
 		// The credentials could not be checked: not the caller's fault.
 		w.Header().Set("Retry-After", "10")
@@ -123,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pStart := h.clock.Now()
 	x.decision = st.Policy.Eval(r.Context(), x.route.Policy, policyInput(r, x))
 	x.policyD = h.clock.Now().Sub(pStart)
-	h.m.phase.WithLabelValues("policy").Observe(x.policyD.Seconds())
+	h.m.phasePolicy.Observe(x.policyD.Seconds())
 	if !x.decision.Allow {
 		status := x.decision.Status
 		if status < 400 || status > 599 {
@@ -248,7 +248,7 @@ func (h *Handler) record(r *http.Request, x *exchange, status int, decision, rea
 	}
 	aStart := h.clock.Now()
 	err := h.opts.Audit.Record(r.Context(), ev)
-	h.m.phase.WithLabelValues("audit").Observe(h.clock.Now().Sub(aStart).Seconds())
+	h.m.phaseAudit.Observe(h.clock.Now().Sub(aStart).Seconds())
 	if err != nil {
 		h.log.Error("audit event not recorded", "request_id", x.id, "err", err)
 	}
