@@ -381,6 +381,7 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 		}
 		return fn(&ev)
 	}
+	var done os.FileInfo // the last rotated file read
 	for _, path := range files {
 		t, err := openTail(path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -394,6 +395,7 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 		if err != nil || !more {
 			return err
 		}
+		done = t.info
 	}
 	t, err := openTail(s.path)
 	if errors.Is(err, fs.ErrNotExist) && follow {
@@ -403,7 +405,13 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 	} else if err != nil {
 		return err
 	}
-	defer t.close()
+	defer func() { t.close() }() // t moves on to each new live file
+	if t.f != nil {
+		// Files rotated between the listing and this open.
+		if more, err := s.readRotatedBetween(ctx, done, t.info, deliver); err != nil || !more {
+			return err
+		}
+	}
 	for {
 		more, err := t.drain(ctx, deliver)
 		if err != nil || !more || !follow {
@@ -426,43 +434,58 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 				if more, err := t.drain(ctx, deliver); err != nil || !more {
 					return err
 				}
-				t.close()
-				// Several rotations since the last poll: read the files
-				// rotated after the one just finished, oldest first.
-				if more, err := s.readRotatedAfter(ctx, t.info, deliver); err != nil || !more {
-					return err
-				}
 			}
 			nt, err := openTail(s.path)
 			if err != nil {
-				continue
+				continue // the old file stays open; the next poll tries again
+			}
+			if t.f != nil {
+				finished := t.info
+				t.close()
+				// Several rotations since the last poll, or one more
+				// between the stat above and this open: read the files
+				// rotated after the one just finished and before the new
+				// live one, oldest first.
+				if more, err := s.readRotatedBetween(ctx, finished, nt.info, deliver); err != nil || !more {
+					nt.close()
+					return err
+				}
 			}
 			t = nt
 		}
 	}
 }
 
-// readRotatedAfter reads the rotated files newer than the file done (a
-// file Follow finished), oldest first. When done is no longer among them
-// nothing is read.
-func (s *FileSource) readRotatedAfter(ctx context.Context, done os.FileInfo, deliver func([]byte, string) (bool, error)) (bool, error) {
+// readRotatedBetween reads the rotated files newer than done (a file
+// already read; nil: every rotated file is new) and older than next (the
+// live file about to be read), oldest first. When done is no longer among
+// them nothing is read.
+func (s *FileSource) readRotatedBetween(ctx context.Context, done, next os.FileInfo, deliver func([]byte, string) (bool, error)) (bool, error) {
 	files, err := s.rotated()
 	if err != nil {
 		return false, err
 	}
-	start := -1
-	for i, path := range files {
-		if fi, err := os.Stat(path); err == nil && os.SameFile(fi, done) {
-			start = i + 1
+	start := 0
+	if done != nil {
+		start = -1
+		for i, path := range files {
+			if fi, err := os.Stat(path); err == nil && os.SameFile(fi, done) {
+				start = i + 1
+			}
 		}
-	}
-	if start < 0 {
-		return true, nil
+		if start < 0 {
+			return true, nil
+		}
 	}
 	for _, path := range files[start:] {
 		t, err := openTail(path)
 		if err != nil {
 			continue
+		}
+		if os.SameFile(t.info, next) {
+			// next itself was rotated meanwhile: the caller reads it.
+			t.close()
+			break
 		}
 		more, err := t.drain(ctx, deliver)
 		t.close()
