@@ -22,10 +22,18 @@ type Config struct {
 	// DecisionTimeout bounds one evaluation; a decision that takes longer is
 	// an error, and errors deny.
 	DecisionTimeout time.Duration `yaml:"decision_timeout"`
+	// DecisionCache is how many decisions to remember per route package
+	// (default 10000; 0 turns remembering off). A package's decision is
+	// remembered only when it cannot change between two requests with the
+	// same values of the input fields the package reads: packages that
+	// call time.now_ns, http.send, rand.intn and the like, or read
+	// input.request.time or input.request.id, are evaluated every time.
+	// A reload starts from an empty cache.
+	DecisionCache *int `yaml:"decision_cache"`
 }
 
 // SetDefaults fills the fields left empty: dir ./policies, decision_timeout
-// 50ms.
+// 50ms, decision_cache 10000.
 func (c *Config) SetDefaults() {
 	if c.Dir == "" {
 		c.Dir = DefaultDir
@@ -33,6 +41,18 @@ func (c *Config) SetDefaults() {
 	if c.DecisionTimeout == 0 {
 		c.DecisionTimeout = DefaultDecisionTimeout
 	}
+	if c.DecisionCache == nil {
+		n := DefaultDecisionCache
+		c.DecisionCache = &n
+	}
+}
+
+// decisionCacheSize is DecisionCache, or the default when unset.
+func (c *Config) decisionCacheSize() int {
+	if c.DecisionCache == nil {
+		return DefaultDecisionCache
+	}
+	return *c.DecisionCache
 }
 
 // Validate records every problem with c in p under path (normally "policy").
@@ -44,6 +64,9 @@ func (c *Config) Validate(p *confkit.Problems, path string) {
 		p.Add(confkit.Join(path, "dir"), "is required: the directory holding the .rego files, such as ./policies")
 	}
 	confkit.RequireDuration(p, confkit.Join(path, "decision_timeout"), c.DecisionTimeout)
+	if c.DecisionCache != nil && *c.DecisionCache < 0 {
+		p.Add(confkit.Join(path, "decision_cache"), "%d is negative: give how many decisions to remember per route package (10000 is the default), or 0 to evaluate every request", *c.DecisionCache)
+	}
 	if c.DecisionTimeout > 10*time.Second {
 		p.Add(confkit.Join(path, "decision_timeout"), "%s is far too long for a per-request decision: keep it under 10s (50ms is the default)", c.DecisionTimeout)
 	}

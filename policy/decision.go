@@ -54,6 +54,10 @@ type Decision struct {
 	// Package and Revision identify the policy that decided.
 	Package  string
 	Revision string
+	// Cached is true when the decision was not evaluated again but
+	// remembered from an earlier request with the same values of every
+	// input field the package reads (see policy.decision_cache).
+	Cached bool
 }
 
 // errorDecision is a denial because no answer could be had.
@@ -87,6 +91,22 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 				fmt.Sprintf("policy package %s not found in %s (revision %s): add a module declaring it or fix the route's policy", pkg, s.dir, shortRev(s.revision)))
 		}
 		return errorDecision(pkg, s.revision, err, fmt.Sprintf("policy package %s could not be prepared: %v", pkg, err))
+	}
+	var keyBuf [256]byte
+	var key []byte
+	if q.cache != nil {
+		if key, err = appendKey(keyBuf[:0], in, q.cache.use); err == nil {
+			if d, ok := q.cache.get(key); ok {
+				d.Cached = true
+				return d
+			}
+			defer func() {
+				// Not errors, and not the zero Decision a panic leaves.
+				if d.Outcome == OutcomeAllow || d.Outcome == OutcomeDeny {
+					q.cache.put(key, d)
+				}
+			}()
+		}
 	}
 	input, err := s.keys.valueOf(in, s.use)
 	if err != nil {

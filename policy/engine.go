@@ -129,7 +129,8 @@ func (e *Engine) Reload(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	started := time.Now()
-	s, err := Load(ctx, e.cfg.Dir, LoadOptions{DecisionTimeout: e.cfg.DecisionTimeout, Clock: e.clock})
+	s, err := Load(ctx, e.cfg.Dir, LoadOptions{DecisionTimeout: e.cfg.DecisionTimeout, Clock: e.clock,
+		DecisionCache: e.cfg.decisionCacheSize()})
 	if err == nil {
 		if old := e.current.Load(); old != nil && old.Revision() == s.Revision() {
 			// Nothing to swap, but the routes may have asked for packages
@@ -181,6 +182,7 @@ type metrics struct {
 	reloadErrors prometheus.Counter
 	lastReloadOK prometheus.Gauge
 	revision     *prometheus.GaugeVec
+	cacheHits    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -210,11 +212,15 @@ func newMetrics() *metrics {
 			Name: "portcullis_policy_revision_info",
 			Help: "The policy revision serving decisions (always 1; the revision is the label).",
 		}, []string{"revision"}),
+		cacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_policy_decision_cache_hits_total",
+			Help: "Decisions answered from the decision cache instead of evaluated, by package (also counted in portcullis_policy_decisions_total).",
+		}, []string{"package"}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.reloads, m.reloadErrors, m.lastReloadOK, m.revision} {
+	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.reloads, m.reloadErrors, m.lastReloadOK, m.revision, m.cacheHits} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
@@ -225,6 +231,9 @@ func (m *metrics) register(r prometheus.Registerer) error {
 func (m *metrics) observe(d Decision, took time.Duration) {
 	m.decisions.WithLabelValues(d.Package, d.Outcome).Inc()
 	m.latency.Observe(took.Seconds())
+	if d.Cached {
+		m.cacheHits.WithLabelValues(d.Package).Inc()
+	}
 }
 
 func (m *metrics) loaded(s, old *Set) {

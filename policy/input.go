@@ -338,7 +338,7 @@ var inputSections = map[string]struct {
 	}},
 }
 
-// inputUseOf finds the input fields that the compiled modules can read.
+// inputUseOfModules finds the input fields that the compiled modules can read.
 // Rego reads input only through references rooted at input, so a field no
 // module names (input.request.headers, input.request.headers[k], ...) can
 // be left out of the document without any policy telling the difference.
@@ -346,7 +346,16 @@ var inputSections = map[string]struct {
 // simpler, and still leaves out what matters (headers, query). Anything
 // that may read input as a whole (input, input[x], walk(input), x :=
 // input.user) selects the whole document or section.
-func inputUseOf(modules map[string]*ast.Module) fieldMask {
+func inputUseOfModules(modules map[string]*ast.Module) fieldMask {
+	var use fieldMask
+	for _, m := range modules {
+		use |= inputUseOf(m)
+	}
+	return use
+}
+
+// inputUseOf is what x (a module, a rule, any AST node) can read of input.
+func inputUseOf(x any) fieldMask {
 	var use fieldMask
 	var vis *ast.GenericVisitor
 	vis = ast.NewGenericVisitor(func(x any) bool {
@@ -373,9 +382,7 @@ func inputUseOf(modules map[string]*ast.Module) fieldMask {
 		}
 		return false
 	})
-	for _, m := range modules {
-		vis.Walk(m)
-	}
+	vis.Walk(x)
 	return use
 }
 

@@ -45,6 +45,9 @@ type LoadOptions struct {
 	DecisionTimeout time.Duration
 	// Clock feeds time.now_ns(); nil means the system clock.
 	Clock Clock
+	// DecisionCache is how many decisions to remember per route package
+	// (see decisionCache); zero means none.
+	DecisionCache int
 }
 
 // Set is one compiled, immutable load of a policy directory. It is safe for
@@ -57,6 +60,7 @@ type Set struct {
 	files    []string
 	timeout  time.Duration
 	clock    Clock
+	cacheMax int // decisions remembered per package; 0: none
 
 	compiler *ast.Compiler
 	store    storage.Store
@@ -73,6 +77,10 @@ type query struct {
 	pkg    string
 	pq     rego.PreparedEvalQuery
 	direct map[string]bool // rules bound directly rather than as [x | x := rule]
+	// cache remembers decisions; nil when the package's decisions may not
+	// be cached (uncached says why) or caching is off.
+	cache    *decisionCache
+	uncached string
 }
 
 // Load reads every .rego file under dir (recursively; files ending in
@@ -173,11 +181,12 @@ func Load(ctx context.Context, dir string, opts LoadOptions) (*Set, error) {
 		files:    names,
 		timeout:  opts.DecisionTimeout,
 		clock:    opts.Clock,
+		cacheMax: max(opts.DecisionCache, 0),
 		compiler: compiler,
 		store:    store,
 		packages: pkgs,
 		keys:     newInputKeys(),
-		use:      inputUseOf(compiler.Modules),
+		use:      inputUseOfModules(compiler.Modules),
 	}
 	s.queries.Store(&map[string]*query{})
 	return s, nil
@@ -248,7 +257,7 @@ func (s *Set) hasAllowRule(pkg string) bool {
 	if err != nil {
 		return false
 	}
-	return len(s.compiler.GetRulesExact(ref.Append(ast.StringTerm(ruleAllow)))) > 0
+	return len(decisionRuleDefs(s.compiler, ref, ruleAllow)) > 0
 }
 
 // ValidatePackage records a problem at path (such as routes[2].policy) when
@@ -310,6 +319,13 @@ func (s *Set) prepared(ctx context.Context, pkg string) (*query, error) {
 		return nil, fmt.Errorf("policy: prepare package %s: %w", pkg, err)
 	}
 	q := &query{pkg: pkg, pq: pq, direct: direct}
+	if plan := planCache(s.compiler, ref); plan.why != "" {
+		q.uncached = plan.why
+	} else if s.cacheMax > 0 {
+		q.cache = newDecisionCache(plan.use, s.cacheMax)
+	} else {
+		q.uncached = "policy.decision_cache is 0"
+	}
 	next := make(map[string]*query, len(old)+1)
 	for k, v := range old {
 		next[k] = v
@@ -348,7 +364,7 @@ func decisionQuery(c *ast.Compiler, pkg ast.Ref) (ast.Body, map[string]bool, err
 	direct := map[string]bool{}
 	for _, name := range decisionRules {
 		ref := pkg.Append(ast.StringTerm(name))
-		rules := c.GetRulesExact(ref)
+		rules := decisionRuleDefs(c, pkg, name)
 		if len(rules) == 0 {
 			continue
 		}
@@ -373,6 +389,19 @@ func decisionQuery(c *ast.Compiler, pkg ast.Ref) (ast.Body, map[string]bool, err
 		return nil, nil, fmt.Errorf("policy: build query for %s: %w", pkg, err)
 	}
 	return body, direct, nil
+}
+
+// decisionRuleDefs returns the rules of package pkg that define the
+// decision rule name: `headers := {...}` as well as rules with a reference
+// head such as `headers["X-Team"] := v`, which an exact lookup misses.
+func decisionRuleDefs(c *ast.Compiler, pkg ast.Ref, name string) []*ast.Rule {
+	var defs []*ast.Rule
+	for _, r := range c.GetRules(pkg.Append(ast.StringTerm(name))) {
+		if r.Module != nil && r.Module.Package.Path.Equal(pkg) {
+			defs = append(defs, r)
+		}
+	}
+	return defs
 }
 
 // packageRef turns "portcullis.routes.admin" (or "data.portcullis.routes.admin")

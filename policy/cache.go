@@ -1,0 +1,257 @@
+package policy
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// DefaultDecisionCache is the number of decisions remembered per route
+// package unless policy.decision_cache says otherwise.
+const DefaultDecisionCache = 10000
+
+// A route package's decision is a function of the input fields it reads and
+// of the loaded files, as long as nothing it reaches asks the world: the
+// clock, the network, a random source. Such packages get a decisionCache,
+// keyed by exactly the input fields the package can read, and owned by one
+// Set, so that a reload starts from an empty cache. Repeated requests (the
+// same user on the same path with the same method, as browsers and API
+// clients make them all the time) then cost a lookup instead of an
+// evaluation.
+//
+// Only allow and deny decisions are remembered; errors (timeouts,
+// evaluation errors) are decided again every time.
+
+// timeDependent lists builtins that are not marked nondeterministic in OPA
+// but read the evaluation's clock (token expiry, certificate validity).
+var timeDependent = map[string]bool{
+	"io.jwt.decode_verify":                                   true,
+	"crypto.x509.parse_and_verify_certificates":              true,
+	"crypto.x509.parse_and_verify_certificates_with_options": true,
+}
+
+// cachePlan is what the analysis of one route package found.
+type cachePlan struct {
+	// use is the input fields the package can read: the cache key.
+	use fieldMask
+	// why is empty when decisions may be cached, and otherwise says what
+	// prevents it ("calls time.now_ns", "reads input.request.time").
+	why string
+}
+
+// planCache analyses the rules a query over pkg's decision rules can reach.
+func planCache(c *ast.Compiler, pkg ast.Ref) cachePlan {
+	var roots []*ast.Rule
+	for _, name := range decisionRules {
+		roots = append(roots, decisionRuleDefs(c, pkg, name)...)
+	}
+	seen := map[*ast.Rule]bool{}
+	var plan cachePlan
+	var visit func(r *ast.Rule)
+	visit = func(r *ast.Rule) {
+		for ; r != nil; r = r.Else {
+			if seen[r] {
+				return
+			}
+			seen[r] = true
+			plan.use |= inputUseOf(r)
+			if plan.why == "" {
+				plan.why = impureCall(r)
+			}
+			for dep := range c.Graph.Dependencies(r) {
+				if d, ok := dep.(*ast.Rule); ok {
+					visit(d)
+				}
+			}
+		}
+	}
+	for _, r := range roots {
+		visit(r)
+	}
+	switch {
+	case plan.why != "":
+	case plan.use&fRequestID != 0:
+		plan.why = "reads input.request.id, which differs on every request"
+	case plan.use&fRequestTime != 0:
+		plan.why = "reads input.request.time, which differs on every request"
+	}
+	return plan
+}
+
+// impureCall names the first builtin call in x whose result may change
+// between two evaluations with the same input and data, or is "".
+func impureCall(x any) string {
+	var found string
+	check := func(op ast.Ref) {
+		name := op.String()
+		if b, ok := ast.BuiltinMap[name]; (ok && b.Nondeterministic) || timeDependent[name] {
+			found = "calls " + name
+		}
+	}
+	ast.NewGenericVisitor(func(x any) bool {
+		if found != "" {
+			return true
+		}
+		switch x := x.(type) {
+		case *ast.Expr:
+			if x.IsCall() {
+				check(x.Operator())
+			}
+		case ast.Call:
+			if op, ok := x[0].Value.(ast.Ref); ok {
+				check(op)
+			}
+		}
+		return false
+	}).Walk(x)
+	return found
+}
+
+// decisionCache holds up to max decisions in two generations: lookups
+// check the newer map, then the older one (moving a hit forward); when the
+// newer map is full it becomes the older one and the oldest generation is
+// dropped. Entries used recently survive, the rest age out, and no entry
+// needs bookkeeping of its own.
+type decisionCache struct {
+	use fieldMask
+	max int
+
+	mu       sync.Mutex
+	cur, old map[string]Decision
+}
+
+func newDecisionCache(use fieldMask, max int) *decisionCache {
+	return &decisionCache{use: use, max: max, cur: map[string]Decision{}}
+}
+
+func (c *decisionCache) get(key []byte) (Decision, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d, ok := c.cur[string(key)]; ok {
+		return d, true
+	}
+	d, ok := c.old[string(key)]
+	if ok {
+		c.putLocked(string(key), d)
+	}
+	return d, ok
+}
+
+func (c *decisionCache) put(key []byte, d Decision) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(string(key), d)
+}
+
+func (c *decisionCache) putLocked(key string, d Decision) {
+	if len(c.cur) >= (c.max+1)/2 {
+		c.old, c.cur = c.cur, make(map[string]Decision, len(c.cur))
+	}
+	c.cur[key] = d
+}
+
+// len is the number of decisions held (both generations, which may
+// overlap).
+func (c *decisionCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cur) + len(c.old)
+}
+
+// appendKey appends to b an encoding of the fields of in that use selects,
+// such that two inputs get the same key exactly when those fields are
+// equal. Every value is length-prefixed; maps are written in key order.
+func appendKey(b []byte, in *Input, use fieldMask) ([]byte, error) {
+	r, u, rt := &in.Request, &in.User, &in.Route
+	str := func(s string) {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	boolean := func(v bool) {
+		if v {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+	}
+	multi := func(m map[string][]string) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = binary.AppendUvarint(b, uint64(len(keys)))
+		for _, k := range keys {
+			str(k)
+			b = binary.AppendUvarint(b, uint64(len(m[k])))
+			for _, v := range m[k] {
+				str(v)
+			}
+		}
+	}
+	for f := fieldMask(1); f <= fRouteUpstream; f <<= 1 {
+		if use&f == 0 {
+			continue
+		}
+		switch f {
+		case fRequestID:
+			str(r.ID)
+		case fRequestMethod:
+			str(r.Method)
+		case fRequestScheme:
+			str(r.Scheme)
+		case fRequestHost:
+			str(r.Host)
+		case fRequestPath:
+			str(r.Path)
+		case fRequestQuery:
+			multi(r.Query)
+		case fRequestHeaders:
+			multi(r.Headers)
+		case fRequestRemoteAddr:
+			str(r.RemoteAddr)
+		case fRequestTime:
+			str(FormatTime(r.Time))
+		case fUserAuthenticated:
+			boolean(u.Authenticated)
+		case fUserSub:
+			str(u.Sub)
+		case fUserEmail:
+			str(u.Email)
+		case fUserEmailVerified:
+			boolean(u.EmailVerified)
+		case fUserGroups:
+			b = binary.AppendUvarint(b, uint64(len(u.Groups)))
+			for _, g := range u.Groups {
+				str(g)
+			}
+		case fUserIssuer:
+			str(u.Issuer)
+		case fUserProvider:
+			str(u.Provider)
+		case fUserAuthMethod:
+			str(u.AuthMethod)
+		case fUserClaims:
+			// encoding/json writes map keys sorted: equal claims, equal
+			// bytes.
+			j, err := json.Marshal(u.Claims)
+			if err != nil {
+				return nil, fmt.Errorf("policy: user.claims: %w", err)
+			}
+			str(string(j))
+		case fRouteName:
+			str(rt.Name)
+		case fRouteHost:
+			str(rt.Host)
+		case fRoutePath:
+			str(rt.Path)
+		case fRouteUpstream:
+			str(rt.Upstream)
+		}
+	}
+	return b, nil
+}
