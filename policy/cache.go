@@ -1,10 +1,13 @@
 package policy
 
 import (
+	"cmp"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -254,4 +257,41 @@ func appendKey(b []byte, in *Input, use fieldMask) ([]byte, error) {
 		}
 	}
 	return b, nil
+}
+
+// CacheInfo says, for an operator, whether pkg's decisions are remembered
+// and by which input fields ("remembered per request.method, user.groups"),
+// or why each request is evaluated.
+func (s *Set) CacheInfo(ctx context.Context, pkg string) (string, error) {
+	q, err := s.prepared(ctx, pkg)
+	if err != nil {
+		return "", err
+	}
+	if q.cache == nil {
+		return "evaluated on every request: " + q.uncached, nil
+	}
+	fields := q.cache.use.names()
+	if len(fields) == 0 {
+		return "remembered: the package reads no input, so one decision serves every request", nil
+	}
+	return "remembered per " + strings.Join(fields, ", "), nil
+}
+
+// names lists the fields of m as section.field, in input order.
+func (m fieldMask) names() []string {
+	var out []string
+	for _, sec := range []string{"request", "user", "route"} {
+		spec := inputSections[sec]
+		var names []string
+		for name, f := range spec.fields {
+			if m&f != 0 {
+				names = append(names, sec+"."+name)
+			}
+		}
+		slices.SortFunc(names, func(a, b string) int {
+			return cmp.Compare(spec.fields[strings.TrimPrefix(a, sec+".")], spec.fields[strings.TrimPrefix(b, sec+".")])
+		})
+		out = append(out, names...)
+	}
+	return out
 }

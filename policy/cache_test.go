@@ -122,6 +122,14 @@ allow if rand.intn("x", 2) == 0
 			if (q.cache != nil) != (tc.why == "") {
 				t.Fatalf("query cache = %v, uncached %q; want cache only for cacheable packages", q.cache != nil, q.uncached)
 			}
+			info, err := s.CacheInfo(context.Background(), tc.pkg)
+			wantInfo := "evaluated on every request: " + tc.why
+			if tc.why == "" {
+				wantInfo = "remembered per " + strings.Join(tc.use.names(), ", ")
+			}
+			if err != nil || !strings.HasPrefix(info, wantInfo) {
+				t.Fatalf("CacheInfo = %q, %v; want %q", info, err, wantInfo)
+			}
 		})
 	}
 }

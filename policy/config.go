@@ -47,8 +47,8 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// decisionCacheSize is DecisionCache, or the default when unset.
-func (c *Config) decisionCacheSize() int {
+// CacheSize is DecisionCache, or the default when unset.
+func (c *Config) CacheSize() int {
 	if c.DecisionCache == nil {
 		return DefaultDecisionCache
 	}

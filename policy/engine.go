@@ -130,7 +130,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 	defer e.mu.Unlock()
 	started := time.Now()
 	s, err := Load(ctx, e.cfg.Dir, LoadOptions{DecisionTimeout: e.cfg.DecisionTimeout, Clock: e.clock,
-		DecisionCache: e.cfg.decisionCacheSize()})
+		DecisionCache: e.cfg.CacheSize()})
 	if err == nil {
 		if old := e.current.Load(); old != nil && old.Revision() == s.Revision() {
 			// Nothing to swap, but the routes may have asked for packages

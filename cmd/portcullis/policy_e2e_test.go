@@ -553,6 +553,29 @@ func TestPolicyE2EDecisions(t *testing.T) {
 		}
 	}
 
+	// Decision cache: the table asked demo for alice on /reports/q3 once;
+	// asking again is answered from the cache, with the same answer, and
+	// the same user on another path is evaluated afresh.
+	hits := func() float64 {
+		return peMetric(peMetrics(t, s), `portcullis_policy_decision_cache_hits_total{package="portcullis.routes.demo"}`)
+	}
+	before := hits()
+	for i, want := range []struct {
+		path   string
+		status int
+		hit    bool
+	}{{"/reports/q3", 200, true}, {"/reports/q3", 200, true}, {"/admin/users", 403, true}, {"/admin/other", 403, false}} {
+		resp, _ := peDo(t, client, "GET", s.URL("demo.example.test", want.path), alice, nil)
+		if resp.StatusCode != want.status {
+			t.Fatalf("repeat %d %s: status %d, want %d", i, want.path, resp.StatusCode, want.status)
+		}
+		after := hits()
+		if got := after > before; got != want.hit {
+			t.Fatalf("repeat %d %s: answered from the decision cache %v, want %v", i, want.path, got, want.hit)
+		}
+		before = after
+	}
+
 	page := peMetrics(t, s)
 	for _, series := range []string{
 		`portcullis_policy_decisions_total{outcome="error",package="portcullis.e2e.slow"}`,

@@ -103,7 +103,8 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 			}
 		}
 	}
-	set, err := policy.Load(ctx, cfg.Policy.Dir, policy.LoadOptions{DecisionTimeout: cfg.Policy.DecisionTimeout})
+	set, err := policy.Load(ctx, cfg.Policy.Dir, policy.LoadOptions{DecisionTimeout: cfg.Policy.DecisionTimeout,
+		DecisionCache: cfg.Policy.CacheSize()})
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -113,6 +114,12 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	ex, err := proxy.Explain(ctx, cfg.Routes, set, req, who, time.Now())
 	if err != nil {
 		return fail(stderr, "%v", err)
+	}
+	cache := ""
+	if ex.Route != nil {
+		if cache, err = set.CacheInfo(ctx, ex.Route.Policy); err != nil {
+			cache = err.Error()
+		}
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
@@ -124,6 +131,7 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 		_ = enc.Encode(map[string]any{
 			"route": route, "input": ex.Input, "decision": ex.Outcome, "status": ex.Status,
 			"reason": ex.Reason, "policy": ex.Decision.Package, "revision": ex.Decision.Revision,
+			"cache": cache,
 		})
 		return exitOK
 	}
@@ -145,5 +153,6 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if len(ex.Decision.Headers) > 0 {
 		fmt.Fprintf(stdout, "headers:  %v\n", ex.Decision.Headers)
 	}
+	fmt.Fprintf(stdout, "cache:    %s\n", cache)
 	return exitOK
 }
