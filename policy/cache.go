@@ -13,6 +13,12 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
+// maxCacheKey bounds the key of a remembered decision: requests whose
+// read fields are longer (a long path, many groups, large claims) are
+// evaluated every time, so that a client choosing long paths cannot make
+// the cache hold more than size x maxCacheKey bytes per package.
+const maxCacheKey = 1024
+
 // DefaultDecisionCache is the number of decisions remembered per route
 // package unless policy.decision_cache says otherwise.
 const DefaultDecisionCache = 10000

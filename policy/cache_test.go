@@ -231,6 +231,16 @@ headers["X-Team"] := input.user.claims.team if allow
 		t.Fatalf("remembered denial = %+v", d)
 	}
 
+	// A key past maxCacheKey bytes (a very long path) is never kept: a
+	// client cannot fill memory with long paths.
+	in = base()
+	in.Request.Path = "/" + strings.Repeat("a", maxCacheKey)
+	for range 2 {
+		if d := e.Eval(ctx, "app", in); d.Cached || !d.Allow {
+			t.Fatalf("long-path decision %+v, want allowed and never from the cache", d)
+		}
+	}
+
 	// A reload with other rules starts empty.
 	writeFiles(t, dir, map[string]string{"app.rego": `package app
 

@@ -95,7 +95,7 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 	var keyBuf [256]byte
 	var key []byte
 	if q.cache != nil {
-		if key, err = appendKey(keyBuf[:0], in, q.cache.use); err == nil {
+		if key, err = appendKey(keyBuf[:0], in, q.cache.use); err == nil && len(key) <= maxCacheKey {
 			if d, ok := q.cache.get(key); ok {
 				d.Cached = true
 				return d
