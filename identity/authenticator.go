@@ -44,8 +44,9 @@ type Authenticator struct {
 	externalPort string
 	refreshFrac  float64
 
-	used    *replayCache
-	mu      sync.Mutex
+	used     *replayCache
+	sessions *sessionCache
+	mu       sync.Mutex
 	backoff map[string]time.Time // refresh token hash -> no refresh before
 	handler http.Handler
 }
@@ -85,7 +86,7 @@ func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*
 	}
 	a := &Authenticator{
 		cfg: cfg, log: opts.Logger, clock: opts.Clock, client: opts.HTTPClient,
-		sealer: s, signer: signer,
+		sealer: s, signer: signer, sessions: newSessionCache(sessionCacheSize),
 		returns: &returnChecker{
 			externalHost: extHost, externalPort: extPort, httpsPort: opts.HTTPSPort, hostAllowed: opts.HostAllowed,
 		},

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -112,6 +113,16 @@ func (a *Authenticator) readSession(r *http.Request) (s *session, bad bool) {
 	}
 	now := a.clock.Now()
 	for _, c := range r.CookiesNamed(a.cfg.Session.CookieName) {
+		if s := a.sessions.get(c.Value); s != nil {
+			// The same bytes opened before with the same keys: the same
+			// session. Only its expiry (which is also the seal's) can
+			// have changed its answer since.
+			if s.Exp > now.Unix() {
+				return s, false
+			}
+			bad = true
+			continue
+		}
 		b, err := a.sealer.open(a.sessionPurpose(), now, c.Value)
 		if err != nil {
 			bad = true
@@ -122,6 +133,7 @@ func (a *Authenticator) readSession(r *http.Request) (s *session, bad bool) {
 			bad = true
 			continue
 		}
+		a.sessions.put(c.Value, &got)
 		return &got, false
 	}
 	return nil, bad
@@ -419,4 +431,55 @@ func (a *Authenticator) expireCookie(w http.ResponseWriter, name, domain string)
 func (a *Authenticator) sharesCookie(host string) bool {
 	d := strings.TrimPrefix(strings.ToLower(a.cfg.Session.CookieDomain), ".")
 	return d != "" && (host == d || strings.HasSuffix(host, "."+d))
+}
+
+// sessionCacheSize is how many decoded session cookies an Authenticator
+// remembers: at most about 16 MiB (cookie values are at most
+// maxCookieValue bytes, their decoded sessions about as much).
+const sessionCacheSize = 2048
+
+// sessionCache remembers sessions decoded from cookie values, keyed by the
+// whole value: a browser sends the same cookie on every request, and
+// decrypting it and decoding its JSON (the ID and refresh tokens are most
+// of it) is a tenth of a proxied request's CPU. Only values that opened
+// and decoded are kept, so a forged value is never in it, and an equal
+// value is the same ciphertext, which opens to the same session with the
+// same keys; the cache belongs to one Authenticator, so a configuration
+// with other session secrets starts empty. Sessions in it are shared and
+// must not be modified. Two generations bound it: when the newer map is
+// full it replaces the older one.
+type sessionCache struct {
+	mu       sync.Mutex
+	max      int
+	cur, old map[string]*session
+}
+
+func newSessionCache(max int) *sessionCache {
+	return &sessionCache{max: max, cur: map[string]*session{}}
+}
+
+func (c *sessionCache) get(value string) *session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.cur[value]; s != nil {
+		return s
+	}
+	s := c.old[value]
+	if s != nil {
+		c.putLocked(value, s)
+	}
+	return s
+}
+
+func (c *sessionCache) put(value string, s *session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(value, s)
+}
+
+func (c *sessionCache) putLocked(value string, s *session) {
+	if len(c.cur) >= (c.max+1)/2 {
+		c.old, c.cur = c.cur, make(map[string]*session, len(c.cur))
+	}
+	c.cur[value] = s
 }

@@ -283,3 +283,55 @@ func BenchmarkAuthenticateSession(b *testing.B) {
 		}
 	}
 }
+
+// TestSessionCache: a cookie value that opened is decoded once and then
+// served from memory, with the same identity, until the session expires;
+// values that do not open are never remembered; the cache is bounded.
+func TestSessionCache(t *testing.T) {
+	clock := newFakeClock()
+	a := newSessionAuthenticator(t, clock, "")
+	good := sealedCookie(t, a, testSession(clock)).Value
+	first, err, _ := authWithCookie(a, "_portcullis", good)
+	if err != nil || first == nil {
+		t.Fatalf("good cookie: %+v, %v", first, err)
+	}
+	if a.sessions.get(good) == nil {
+		t.Fatal("an opened session cookie was not remembered")
+	}
+	again, err, _ := authWithCookie(a, "_portcullis", good)
+	if err != nil || again == nil || fmt.Sprint(*again) != fmt.Sprint(*first) {
+		t.Fatalf("remembered session gives %+v, want %+v", again, first)
+	}
+
+	raw, _ := base64.RawURLEncoding.DecodeString(good)
+	raw[len(raw)/2] ^= 1
+	forged := base64.RawURLEncoding.EncodeToString(raw)
+	for range 2 {
+		if id, _, _ := authWithCookie(a, "_portcullis", forged); id != nil {
+			t.Fatalf("forged cookie opened: %+v", id)
+		}
+	}
+	if a.sessions.get(forged) != nil {
+		t.Fatal("a cookie that did not open was remembered")
+	}
+
+	clock.Advance(2 * time.Hour)
+	id, err, rec := authWithCookie(a, "_portcullis", good)
+	if id != nil || err != nil {
+		t.Fatalf("remembered session past its expiry: %+v, %v", id, err)
+	}
+	if c := rec.Result().Cookies(); len(c) == 0 || c[0].MaxAge >= 0 {
+		t.Errorf("the expired cookie was not cleared: %v", c)
+	}
+
+	c := newSessionCache(8)
+	for i := range 100 {
+		c.put(fmt.Sprint(i), &session{Sub: fmt.Sprint(i)})
+		if len(c.cur)+len(c.old) > 8 {
+			t.Fatalf("cache of 8 holds %d", len(c.cur)+len(c.old))
+		}
+	}
+	if c.get("99") == nil || c.get("0") != nil {
+		t.Fatal("the cache kept the oldest entry or lost the newest")
+	}
+}
