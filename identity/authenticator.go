@@ -47,8 +47,8 @@ type Authenticator struct {
 	used     *replayCache
 	sessions *sessionCache
 	mu       sync.Mutex
-	backoff map[string]time.Time // refresh token hash -> no refresh before
-	handler http.Handler
+	backoff  map[string]time.Time // refresh token hash -> no refresh before
+	handler  http.Handler
 }
 
 // New builds an Authenticator. It validates cfg and acfg (so a caller that
