@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -26,8 +27,11 @@ type assertionSigner struct {
 	lifetime time.Duration
 	clock    Clock
 	kid      string
-	signer   jose.Signer
-	jwks     []byte
+	key      *ecdsa.PrivateKey
+	// header is the encoded JOSE header every assertion carries:
+	// {"alg":"ES256","kid":kid,"typ":"JWT"}, base64url.
+	header string
+	jwks   []byte
 }
 
 // assertionClaims are exactly the claims of SPEC §4.
@@ -72,14 +76,16 @@ func newAssertionSigner(cfg AssertionConfig, issuer string, clock Clock) (*asser
 	if err != nil {
 		return nil, fmt.Errorf("identity: jwks: %w", err)
 	}
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: kid, Algorithm: string(jose.ES256)}},
-		(&jose.SignerOptions{}).WithType("JWT"),
-	)
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{string(jose.ES256), kid, "JWT"})
 	if err != nil {
-		return nil, fmt.Errorf("identity: assertion signer: %w", err)
+		return nil, fmt.Errorf("identity: assertion header: %w", err)
 	}
-	return &assertionSigner{issuer: issuer, lifetime: cfg.Lifetime, clock: clock, kid: kid, signer: signer, jwks: jwks}, nil
+	return &assertionSigner{issuer: issuer, lifetime: cfg.Lifetime, clock: clock, kid: kid, key: key,
+		header: base64.RawURLEncoding.EncodeToString(header), jwks: jwks}, nil
 }
 
 // thumbprint is the RFC 7638 SHA-256 thumbprint, base64url without padding.
@@ -104,15 +110,25 @@ func (s *assertionSigner) sign(id *Identity, route, audience, requestID string) 
 	if err != nil {
 		return "", fmt.Errorf("identity: assertion claims: %w", err)
 	}
-	jws, err := s.signer.Sign(payload)
+	// The JWS compact serialization (RFC 7515 §7.1) with an ES256
+	// signature (RFC 7518 §3.4: R and S as 32-byte big-endian integers),
+	// built directly: one per request, and the header never changes.
+	enc := base64.RawURLEncoding
+	out := make([]byte, 0, len(s.header)+1+enc.EncodedLen(len(payload))+1+enc.EncodedLen(64))
+	out = append(out, s.header...)
+	out = append(out, '.')
+	out = enc.AppendEncode(out, payload)
+	digest := sha256.Sum256(out)
+	r, sv, err := ecdsa.Sign(rand.Reader, s.key, digest[:])
 	if err != nil {
 		return "", fmt.Errorf("identity: signing assertion: %w", err)
 	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		return "", fmt.Errorf("identity: serializing assertion: %w", err)
-	}
-	return out, nil
+	var sig [64]byte
+	r.FillBytes(sig[:32])
+	sv.FillBytes(sig[32:])
+	out = append(out, '.')
+	out = enc.AppendEncode(out, sig[:])
+	return string(out), nil
 }
 
 // loadOrCreateKey reads the P-256 key at path, creating it (0600, parent
