@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -587,6 +588,13 @@ func eventHead(data []byte) (instance, hash string) {
 	if data == nil {
 		return "", ""
 	}
+	// Events sealed here start with schema, id, time, instance, seq,
+	// prev_hash and hash, none of them escaped (sealBody refuses values
+	// that would need it): read the two fields in place. Anything else
+	// (an event encoded elsewhere) is decoded.
+	if inst, h, ok := sealedHead(data); ok {
+		return inst, h
+	}
 	var h struct {
 		Instance string `json:"instance"`
 		Hash     string `json:"hash"`
@@ -605,4 +613,58 @@ func cmpU64(a, b uint64) int {
 		return 1
 	}
 	return 0
+}
+
+// sealedHead reads instance and hash from an event laid out as sealBody
+// writes it: {"schema":N,"id":"…","time":"…","instance":"…","seq":N,
+// "prev_hash":"…","hash":"…", with no escapes in those values. Anything
+// else is not ok, and is decoded instead.
+func sealedHead(b []byte) (instance, hash string, ok bool) {
+	lit := func(s string) bool {
+		if !bytes.HasPrefix(b, []byte(s)) {
+			return false
+		}
+		b = b[len(s):]
+		return true
+	}
+	digits := func() bool {
+		n := 0
+		for n < len(b) && b[n] >= '0' && b[n] <= '9' {
+			n++
+		}
+		b = b[n:]
+		return n > 0
+	}
+	str := func() (string, bool) {
+		for i, c := range b {
+			switch c {
+			case '\\':
+				return "", false
+			case '"':
+				v := string(b[:i])
+				b = b[i:]
+				return v, true
+			}
+		}
+		return "", false
+	}
+	if !lit(`{"schema":`) || !digits() || !lit(`,"id":"`) {
+		return "", "", false
+	}
+	if _, ok := str(); !ok || !lit(`","time":"`) {
+		return "", "", false
+	}
+	if _, ok := str(); !ok || !lit(`","instance":"`) {
+		return "", "", false
+	}
+	if instance, ok = str(); !ok || !lit(`","seq":`) || !digits() || !lit(`,"prev_hash":"`) {
+		return "", "", false
+	}
+	if _, ok := str(); !ok || !lit(`","hash":"`) {
+		return "", "", false
+	}
+	if hash, ok = str(); !ok {
+		return "", "", false
+	}
+	return instance, hash, true
 }

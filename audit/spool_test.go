@@ -2,11 +2,13 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -390,5 +392,47 @@ func TestSpoolReaderSwitchesBetweenFileAndMemory(t *testing.T) {
 		if got := readAll(t, s); !equalSeqs(got, seqRange(next-2, next-1)) {
 			t.Fatalf("round %d: read %v from memory, want %d..%d", round, got, next-2, next-1)
 		}
+	}
+}
+
+// TestEventHead: the in-place read of instance and hash agrees with
+// decoding the JSON, for sealed events and for anything else.
+func TestEventHead(t *testing.T) {
+	decode := func(data []byte) (string, string) {
+		var h struct{ Instance, Hash string }
+		if json.Unmarshal(data, &h) != nil {
+			return "", ""
+		}
+		return h.Instance, h.Hash
+	}
+	ev := newTestEvent(7)
+	ev.Instance, ev.Seq, ev.ID = "proxy-a.example", 7, "01J0000000000000000000000A"
+	ev.Time = time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	ev.PrevHash = "sha256:" + strings.Repeat("ab", 32)
+	sealed, err := seal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs := [][]byte{
+		sealed,
+		[]byte(`{"schema":1,"instance":"x\"y","hash":"h"}`),
+		[]byte(`{"schema":1,"instance":"a\\u0041","seq":1,"hash":"h"}`),
+		[]byte(`{"hash":"first","schema":1,"instance":"i"}`),
+		[]byte(`{"schema":1,"instance":"i","seq":2,"prev_hash":"p","hash":"h2","reason":"x,\"hash\":\"fake\""}`),
+		[]byte(`{"schema":1,"instance":"i"`),
+		[]byte(`not json`),
+		[]byte(`{"schema":1,"id":"a","time":"t","instance":"i","nested":{"a":1,"hash":"fake"},"hash":"real"}`),
+		[]byte(`{"schema":1,"id":"a","time":"t","instance":"i","seq":3,"prev_hash":"","hash":"h3","x":1}`),
+		[]byte(`{"schema":1,"id":"a","time":"t","instance":"i","seq":3,"prev_hash":"p\"q","hash":"h3"}`),
+	}
+	for _, in := range inputs {
+		gi, gh := eventHead(in)
+		wi, wh := decode(in)
+		if gi != wi || gh != wh {
+			t.Errorf("eventHead(%s) = %q, %q; decoding gives %q, %q", in, gi, gh, wi, wh)
+		}
+	}
+	if inst, h, ok := sealedHead(sealed); !ok || inst != "proxy-a.example" || h != ev.Hash || h == "" {
+		t.Errorf("sealed event head = %q, %q; want proxy-a.example, %q", inst, h, ev.Hash)
 	}
 }
