@@ -37,6 +37,7 @@ func benchRecord(b *testing.B, mode string, sink Sink, waitAcked func(n int64) b
 	b.SetParallelism(64)
 	var dropped atomic.Int64
 	b.ResetTimer()
+	cpu0 := machineCPU()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
@@ -55,6 +56,7 @@ func benchRecord(b *testing.B, mode string, sink Sink, waitAcked func(n int64) b
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	reportMachineCPU(b, cpu0)
 	b.ReportMetric(float64(dropped.Load()), "dropped")
 	if s := p.Spool(); s != nil {
 		st := s.Stats()
