@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/portcullis/portcullis/audit"
@@ -78,6 +80,13 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 
 	scrubClientHeaders(out.Header, x.client.Trusted)
 	x.st.Auth.StripCredentials(out.Header)
+	if out.Body != nil && out.Body != http.NoBody {
+		// Bodies stream: a malformed one (a bad chunk size, a framing
+		// trick) shows only once forwarding has begun. Remember why it
+		// failed, to answer 400 rather than blame the upstream.
+		x.body = &watchedBody{ReadCloser: out.Body}
+		out.Body = x.body
+	}
 
 	// X-Forwarded-*: appended to a trusted proxy's values, else fresh.
 	if x.client.Trusted {
@@ -155,6 +164,10 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 	case r.Context().Err() != nil:
 		// The client went away (nginx's 499); nobody reads the answer.
 		status, kind, reason = 499, "canceled", "client closed the request"
+	case x.body.failed() != nil:
+		// The client's body broke off or was malformed: its fault, not the
+		// upstream's (which saw the request end early and was cut off).
+		status, kind, reason = http.StatusBadRequest, "", "malformed request body: "+x.body.failed().Error()
 	}
 	if kind != "" {
 		h.m.upstreamErrors.WithLabelValues(x.route.Name, kind).Inc()
@@ -165,8 +178,47 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 		h.finish(r, x, status, audit.DecisionAllow)
 		return
 	}
+	if status == http.StatusBadRequest {
+		// Nothing more of this connection can be trusted to be framed.
+		w.Header().Set("Connection", "close")
+		writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: "The request body is malformed or ended early.", Reason: reason, RequestID: x.id, Error: "bad_request"})
+		h.finish(r, x, status, audit.DecisionAllow)
+		return
+	}
 	writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: pageMessage(status), Reason: reason, RequestID: x.id, Error: "bad_gateway"})
 	h.finish(r, x, status, audit.DecisionAllow)
+}
+
+// watchedBody passes a request body through and keeps the first error
+// reading it (other than its end). The transport reads it on its own
+// goroutine; failed is read after the round trip has ended.
+type watchedBody struct {
+	io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed is the error that ended reading the body early, or nil (also for
+// a nil b).
+func (b *watchedBody) failed() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // policyInput builds SPEC §5's input document.

@@ -34,6 +34,9 @@ type exchange struct {
 	// before response headers arrive.
 	timer    *time.Timer
 	recorded bool
+	// body watches the client's request body on its way upstream; nil
+	// when the request has none.
+	body *watchedBody
 }
 
 type exchangeKey struct{}

@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRequestSmugglingPayloads sends the classic desync payloads (CL.TE,
+// TE.CL, obfuscated and duplicated framing headers, header folding, bare
+// line feeds, bad chunk sizes) as raw bytes, each hiding a second request
+// for /smuggled without credentials. Whatever the parser makes of them,
+// the upstream must receive only requests the proxy authenticated, decided
+// and audited, with the path it decided on, and never /smuggled; a body
+// found malformed while it streams is a 400 for the client and a broken-off
+// body for the upstream; and the proxy never answers 500.
+func TestRequestSmugglingPayloads(t *testing.T) {
+	type received struct {
+		path, reqID, user, body string
+		broken                  bool // reading the body failed
+	}
+	var mu sync.Mutex
+	var got []received
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		mu.Lock()
+		got = append(got, received{r.URL.Path, r.Header.Get("X-Request-Id"), r.Header.Get("X-Portcullis-User"), string(body), err != nil})
+		mu.Unlock()
+		io.WriteString(w, "upstream ok")
+	}))
+	t.Cleanup(up.Close)
+	ps, _, rec, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL}})
+
+	const auth = "Host: app.test\r\nAuthorization: Test alice\r\n"
+	const hidden = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n"
+	chunk := func(s string) string { return strings.ToLower(strings.TrimLeft(hexLen(len(s)), "0")) + "\r\n" + s + "\r\n" }
+	cases := []struct{ name, raw string }{
+		{"CL.TE", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE.CL", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" + chunk(hidden) + "0\r\n\r\n"},
+		{"TE.TE xchunked", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 4\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE space before colon", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 5\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE tab value", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 5\r\nTransfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE chunked, identity", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE identity then chunked", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE upper case", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: CHUNKED\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + hidden},
+		{"TE obs-fold", "POST /a HTTP/1.1\r\n" + auth + "X-Pad: x\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + hidden},
+		{"two Content-Lengths", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 0\r\nContent-Length: 44\r\n\r\n" + hidden},
+		{"Content-Length list", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 0, 44\r\n\r\n" + hidden},
+		{"Content-Length plus sign", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: +44\r\n\r\n" + hidden},
+		{"Content-Length hex", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: 0x2c\r\n\r\n" + hidden},
+		{"negative Content-Length", "POST /a HTTP/1.1\r\n" + auth + "Content-Length: -1\r\n\r\n" + hidden},
+		{"chunk size overflow", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nx\r\n0\r\n\r\n" + hidden},
+		{"chunk size with spaces", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding: chunked\r\n\r\n 2c \r\n" + hidden + "\r\n0\r\n\r\n"},
+		{"bare LF", "POST /a HTTP/1.1\n" + strings.ReplaceAll(auth, "\r\n", "\n") + "Transfer-Encoding: chunked\nContent-Length: 5\n\n0\n\n" + hidden},
+		{"HTTP/1.0 with TE", "POST /a HTTP/1.0\r\n" + auth + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + hidden},
+		{"NUL in header value", "POST /a HTTP/1.1\r\n" + auth + "X-Pad: a\x00b\r\nContent-Length: 0\r\n\r\n" + hidden},
+		{"header without colon", "POST /a HTTP/1.1\r\n" + auth + "Transfer-Encoding chunked\r\nContent-Length: 0\r\n\r\n" + hidden},
+		{"GET with body and CL.TE", "GET /a HTTP/1.1\r\n" + auth + "Content-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n" + hidden},
+		{"absolute-form target for another host", "GET http://other.test/smuggled HTTP/1.1\r\n" + auth + "\r\n"},
+		{"pipelined after a clean request", "GET /a HTTP/1.1\r\n" + auth + "\r\n" + hidden},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			got = got[:0]
+			mu.Unlock()
+			before := len(rec.all())
+			statuses := rawExchange(t, ps, tc.raw)
+			for _, s := range statuses {
+				if s >= 500 && s != http.StatusNotImplemented && s != http.StatusBadGateway {
+					t.Errorf("status %d: a framing trick must be a client error, not a server error", s)
+				}
+			}
+			// What the proxy decided, by request id.
+			decided := map[string]string{}
+			for _, ev := range rec.all()[before:] {
+				if ev.Decision == "allow" {
+					decided[ev.RequestID] = ev.Request.Path
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range got {
+				if strings.Contains(r.path, "smuggled") {
+					t.Errorf("the upstream received the hidden request: %+v (client saw %v)", r, statuses)
+				}
+				if path, ok := decided[r.reqID]; !ok || path != r.path || r.user != "alice" {
+					t.Errorf("the upstream received %+v, which the proxy did not allow as such (allowed: %v)", r, decided)
+				}
+				if strings.Contains(r.body, "HTTP/1.1") && !strings.Contains(tc.name, "TE.CL") {
+					// Only TE.CL legitimately carries the text of a request
+					// inside a chunk: a body, not a request.
+					t.Errorf("the upstream received a body holding a request: %q", r.body)
+				}
+			}
+			// Bodies stream, so a malformed one may be found out after the
+			// upstream got the headers: then the client gets 400 and the
+			// upstream sees the body break off (never a clean, shorter
+			// request).
+			complete := 0
+			for _, r := range got {
+				if !r.broken {
+					complete++
+				}
+			}
+			if n := countStatus(statuses, 200); complete > n {
+				t.Errorf("the upstream received %d complete requests, the client got %d answers of 200 (%v)", complete, n, statuses)
+			}
+			if len(got) > complete && countStatus(statuses, 400) == 0 {
+				t.Errorf("a request body broke off upstream, but the client got %v, not 400", statuses)
+			}
+		})
+	}
+}
+
+// rawExchange writes raw on a fresh HTTP/1.1 TLS connection to ps, closes
+// the writing side and reads every response until the proxy closes the
+// connection, returning their statuses.
+func rawExchange(t *testing.T, ps *httptest.Server, raw string) []int {
+	t.Helper()
+	conn, err := tls.Dial("tcp", ps.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseWrite()
+	br := bufio.NewReader(conn)
+	var statuses []int
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !strings.Contains(err.Error(), "connection reset") {
+				t.Logf("after %v: %v", statuses, err)
+			}
+			return statuses
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		statuses = append(statuses, resp.StatusCode)
+	}
+}
+
+func countStatus(statuses []int, code int) int {
+	n := 0
+	for _, s := range statuses {
+		if s == code {
+			n++
+		}
+	}
+	return n
+}
+
+func hexLen(n int) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 8)
+	for i := 7; i >= 0; i-- {
+		out[i] = digits[n&15]
+		n >>= 4
+	}
+	return string(out)
+}
