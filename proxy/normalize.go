@@ -34,9 +34,13 @@ type Target struct {
 // resolved and runs of slashes merged, after decoding escapes of unreserved
 // characters (so "/%2e%2e/" is a dot segment, as a backend would see it).
 func ParseTarget(r *http.Request) (Target, error) {
+	// The target as the client sent it: the request line's target, or
+	// HTTP/2's :path verbatim (both servers keep it in RequestURI), so
+	// that bytes a request line could not carry (a space, CR, LF) are
+	// refused here rather than re-escaped by url.URL.
 	raw := r.RequestURI
-	if r.ProtoMajor >= 2 || raw == "" {
-		// HTTP/2 has no request line; :path is in r.URL.
+	if raw == "" {
+		// A request built in-process (tests, policy eval): only r.URL.
 		raw = r.URL.RequestURI()
 		if r.URL.RawPath == "" && r.URL.Path != "" {
 			raw = r.URL.EscapedPath()
