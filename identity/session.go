@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
+
+	"github.com/portcullis/portcullis/internal/twogen"
 )
 
 // session is what the session cookie holds, sealed. Short JSON names keep
@@ -113,7 +114,7 @@ func (a *Authenticator) readSession(r *http.Request) (s *session, bad bool) {
 	}
 	now := a.clock.Now()
 	for _, c := range r.CookiesNamed(a.cfg.Session.CookieName) {
-		if s := a.sessions.get(c.Value); s != nil {
+		if s, _ := a.sessions.Get(c.Value); s != nil {
 			// The same bytes opened before with the same keys: the same
 			// session. Only its expiry (which is also the seal's) can
 			// have changed its answer since.
@@ -133,7 +134,7 @@ func (a *Authenticator) readSession(r *http.Request) (s *session, bad bool) {
 			bad = true
 			continue
 		}
-		a.sessions.put(c.Value, &got)
+		a.sessions.Put(c.Value, &got)
 		return &got, false
 	}
 	return nil, bad
@@ -446,40 +447,7 @@ const sessionCacheSize = 2048
 // value is the same ciphertext, which opens to the same session with the
 // same keys; the cache belongs to one Authenticator, so a configuration
 // with other session secrets starts empty. Sessions in it are shared and
-// must not be modified. Two generations bound it: when the newer map is
-// full it replaces the older one.
-type sessionCache struct {
-	mu       sync.Mutex
-	max      int
-	cur, old map[string]*session
-}
+// must not be modified.
+type sessionCache = twogen.Map[*session]
 
-func newSessionCache(max int) *sessionCache {
-	return &sessionCache{max: max, cur: map[string]*session{}}
-}
-
-func (c *sessionCache) get(value string) *session {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.cur[value]; s != nil {
-		return s
-	}
-	s := c.old[value]
-	if s != nil {
-		c.putLocked(value, s)
-	}
-	return s
-}
-
-func (c *sessionCache) put(value string, s *session) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.putLocked(value, s)
-}
-
-func (c *sessionCache) putLocked(value string, s *session) {
-	if len(c.cur) >= (c.max+1)/2 {
-		c.old, c.cur = c.cur, make(map[string]*session, len(c.cur))
-	}
-	c.cur[value] = s
-}
+func newSessionCache(size int) *sessionCache { return twogen.New[*session](size) }

@@ -8,9 +8,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/portcullis/portcullis/internal/twogen"
 )
 
 // maxCacheKey bounds the key of a remembered decision: requests whose
@@ -120,55 +121,15 @@ func impureCall(x any) string {
 	return found
 }
 
-// decisionCache holds up to max decisions in two generations: lookups
-// check the newer map, then the older one (moving a hit forward); when the
-// newer map is full it becomes the older one and the oldest generation is
-// dropped. Entries used recently survive, the rest age out, and no entry
-// needs bookkeeping of its own.
+// decisionCache holds the decisions of one package by key (appendKey over
+// use).
 type decisionCache struct {
 	use fieldMask
-	max int
-
-	mu       sync.Mutex
-	cur, old map[string]Decision
+	m   *twogen.Map[Decision]
 }
 
-func newDecisionCache(use fieldMask, max int) *decisionCache {
-	return &decisionCache{use: use, max: max, cur: map[string]Decision{}}
-}
-
-func (c *decisionCache) get(key []byte) (Decision, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d, ok := c.cur[string(key)]; ok {
-		return d, true
-	}
-	d, ok := c.old[string(key)]
-	if ok {
-		c.putLocked(string(key), d)
-	}
-	return d, ok
-}
-
-func (c *decisionCache) put(key []byte, d Decision) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.putLocked(string(key), d)
-}
-
-func (c *decisionCache) putLocked(key string, d Decision) {
-	if len(c.cur) >= (c.max+1)/2 {
-		c.old, c.cur = c.cur, make(map[string]Decision, len(c.cur))
-	}
-	c.cur[key] = d
-}
-
-// len is the number of decisions held (both generations, which may
-// overlap).
-func (c *decisionCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.cur) + len(c.old)
+func newDecisionCache(use fieldMask, size int) *decisionCache {
+	return &decisionCache{use: use, m: twogen.New[Decision](size)}
 }
 
 // appendKey appends to b an encoding of the fields of in that use selects,

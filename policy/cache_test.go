@@ -276,28 +276,6 @@ allow if {
 	}
 }
 
-// TestDecisionCacheBounded: the cache holds at most its size, keeps what
-// was used recently, and drops the rest.
-func TestDecisionCacheBounded(t *testing.T) {
-	c := newDecisionCache(0, 4)
-	key := func(i int) []byte { return []byte(fmt.Sprint("k", i)) }
-	for i := range 100 {
-		c.put(key(i), Decision{Reason: fmt.Sprint(i)})
-		if _, ok := c.get(key(0)); !ok && i < 100 {
-			t.Fatalf("after %d puts the constantly used key 0 was dropped", i+1)
-		}
-		if n := c.len(); n > 4+1 {
-			t.Fatalf("after %d puts the cache holds %d entries, want at most 4 (+1 counted twice)", i+1, n)
-		}
-	}
-	if _, ok := c.get(key(50)); ok {
-		t.Fatal("key 50 survived 49 newer entries in a cache of 4")
-	}
-	if d, ok := c.get(key(99)); !ok || d.Reason != "99" {
-		t.Fatalf("newest entry = %+v, %v", d, ok)
-	}
-}
-
 // TestCacheKeyInjective: inputs that differ in a field the key covers
 // never share a key, however their values could be concatenated.
 func TestCacheKeyInjective(t *testing.T) {

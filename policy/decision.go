@@ -96,14 +96,14 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 	var key []byte
 	if q.cache != nil {
 		if key, err = appendKey(keyBuf[:0], in, q.cache.use); err == nil && len(key) <= maxCacheKey {
-			if d, ok := q.cache.get(key); ok {
+			if d, ok := q.cache.m.GetBytes(key); ok {
 				d.Cached = true
 				return d
 			}
 			defer func() {
 				// Not errors, and not the zero Decision a panic leaves.
 				if d.Outcome == OutcomeAllow || d.Outcome == OutcomeDeny {
-					q.cache.put(key, d)
+					q.cache.m.Put(string(key), d)
 				}
 			}()
 		}
