@@ -22,23 +22,8 @@ import (
 // found malformed while it streams is a 400 for the client and a broken-off
 // body for the upstream; and the proxy never answers 500.
 func TestRequestSmugglingPayloads(t *testing.T) {
-	type received struct {
-		path, reqID, user, body string
-		broken                  bool // reading the body failed
-	}
-	var mu sync.Mutex
-	var got []received
-	var q quiet
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer q.touch()()
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		mu.Lock()
-		got = append(got, received{r.URL.Path, r.Header.Get("X-Request-Id"), r.Header.Get("X-Portcullis-User"), string(body), err != nil})
-		mu.Unlock()
-		io.WriteString(w, "upstream ok")
-	}))
-	t.Cleanup(up.Close)
-	ps, _, rec, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL}})
+	up := newSmuggleUpstream(t)
+	ps, _, rec, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.srv.URL}})
 
 	const auth = "Host: app.test\r\nAuthorization: Test alice\r\n"
 	const hidden = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n"
@@ -72,35 +57,16 @@ func TestRequestSmugglingPayloads(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			got = got[:0]
-			mu.Unlock()
 			before := len(rec.all())
 			statuses := rawExchange(t, ps, tc.raw)
-			// A request whose body broke off may reach the upstream's
-			// handler after the client has its answer.
-			q.settle()
+			got := up.take()
 			for _, s := range statuses {
 				if s >= 500 && s != http.StatusNotImplemented && s != http.StatusBadGateway {
 					t.Errorf("status %d: a framing trick must be a client error, not a server error", s)
 				}
 			}
-			// What the proxy decided, by request id.
-			decided := map[string]string{}
-			for _, ev := range rec.all()[before:] {
-				if ev.Decision == "allow" {
-					decided[ev.RequestID] = ev.Request.Path
-				}
-			}
-			mu.Lock()
-			defer mu.Unlock()
+			checkForwarded(t, got, rec, before)
 			for _, r := range got {
-				if strings.Contains(r.path, "smuggled") {
-					t.Errorf("the upstream received the hidden request: %+v (client saw %v)", r, statuses)
-				}
-				if path, ok := decided[r.reqID]; !ok || path != r.path || r.user != "alice" {
-					t.Errorf("the upstream received %+v, which the proxy did not allow as such (allowed: %v)", r, decided)
-				}
 				if strings.Contains(r.body, "HTTP/1.1") && !strings.Contains(tc.name, "TE.CL") {
 					// Only TE.CL legitimately carries the text of a request
 					// inside a chunk: a body, not a request.
@@ -127,41 +93,100 @@ func TestRequestSmugglingPayloads(t *testing.T) {
 	}
 }
 
-// quiet tracks the upstream's handlers so that a test can wait until
-// every request in flight has been handled and none arrived for a while.
-type quiet struct {
+// smuggleUpstream records every request that reaches it, body included,
+// for the smuggling tests.
+type smuggleUpstream struct {
+	srv      *httptest.Server
 	mu       sync.Mutex
+	got      []received
 	inflight int
 	last     time.Time
 }
 
-// touch marks a handler running; the returned func marks it done.
-func (q *quiet) touch() func() {
-	q.mu.Lock()
-	q.inflight++
-	q.last = time.Now()
-	q.mu.Unlock()
-	return func() {
-		q.mu.Lock()
-		q.inflight--
-		q.last = time.Now()
-		q.mu.Unlock()
-	}
+type received struct {
+	path, reqID, body string
+	header            http.Header
+	broken            bool // reading the body failed
 }
 
-// settle waits (at most 5s) until no handler runs and none started or
-// ended in the last 150ms.
-func (q *quiet) settle() {
+func newSmuggleUpstream(t *testing.T) *smuggleUpstream {
+	u := &smuggleUpstream{}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mark(+1)
+		defer u.mark(-1)
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		u.mu.Lock()
+		u.got = append(u.got, received{r.URL.Path, r.Header.Get("X-Request-Id"), string(body), r.Header.Clone(), err != nil})
+		u.mu.Unlock()
+		io.WriteString(w, "upstream ok")
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func (u *smuggleUpstream) mark(d int) {
+	u.mu.Lock()
+	u.inflight += d
+	u.last = time.Now()
+	u.mu.Unlock()
+}
+
+// take waits (at most 5s) until no request is being handled and none
+// started or ended in the last 150ms (a request whose body broke off may
+// reach the handler after the client has its answer), then returns what
+// arrived since the last take.
+func (u *smuggleUpstream) take() []received {
 	deadline := time.Now().Add(5 * time.Second)
 	start := time.Now()
 	for time.Now().Before(deadline) {
-		q.mu.Lock()
-		idle := q.inflight == 0 && time.Since(q.last) > 150*time.Millisecond && time.Since(start) > 150*time.Millisecond
-		q.mu.Unlock()
+		u.mu.Lock()
+		idle := u.inflight == 0 && time.Since(u.last) > 150*time.Millisecond && time.Since(start) > 150*time.Millisecond
+		u.mu.Unlock()
 		if idle {
-			return
+			break
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	got := u.got
+	u.got = nil
+	return got
+}
+
+// checkForwarded asserts what every smuggling payload must leave true:
+// each request the upstream received is one the proxy allowed and audited
+// (since event before), for the path it decided on, with the identity it
+// authenticated; never the hidden /smuggled, never a Transfer-Encoding
+// header or a header holding CR or LF.
+func checkForwarded(t *testing.T, got []received, rec *memRecorder, before int) {
+	t.Helper()
+	decided := map[string]string{}
+	for _, ev := range rec.all()[before:] {
+		if ev.Decision == "allow" {
+			decided[ev.RequestID] = ev.Request.Path
+		}
+	}
+	for _, r := range got {
+		if strings.Contains(r.path, "smuggled") || strings.Contains(r.path, " ") {
+			t.Errorf("the upstream received a smuggled target: %+v", r)
+		}
+		if path, ok := decided[r.reqID]; !ok || path != r.path {
+			t.Errorf("the upstream received %+v, which the proxy did not allow as such (allowed %v)", r, decided)
+		}
+		if u := r.header.Get("X-Portcullis-User"); u != "alice" {
+			t.Errorf("the upstream received X-Portcullis-User %q", u)
+		}
+		if te := r.header.Get("Transfer-Encoding"); te != "" {
+			t.Errorf("the upstream received a Transfer-Encoding header %q", te)
+		}
+		for k, vs := range r.header {
+			for _, v := range vs {
+				if strings.ContainsAny(k+v, "\r\n") {
+					t.Errorf("the upstream received a header with CR or LF: %q: %q", k, v)
+				}
+			}
+		}
 	}
 }
 
