@@ -43,7 +43,8 @@ type Decision struct {
 	Status int
 	// Headers are extra request headers for the upstream, from the policy's
 	// headers rule, with canonical names; only set when allowed. Names the
-	// proxy owns are refused: see refusedHeader.
+	// proxy owns are refused: see refusedHeader. A remembered decision
+	// shares its map with the cache: read it, never modify it.
 	Headers map[string]string
 	// Outcome is OutcomeAllow, OutcomeDeny or OutcomeError.
 	Outcome string
