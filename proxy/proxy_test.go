@@ -142,17 +142,25 @@ func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen
 	return ps, seen, rec, h
 }
 
-// do sends one HTTP/1.1 request over its own TLS connection with the
-// request-target and header names written verbatim, the way an attacker's
-// client would (Go's client would canonicalize or refuse some of them).
-func do(t *testing.T, ps *httptest.Server, method, host, target string, hdr http.Header) (*http.Response, string) {
+// dialHTTP1 opens a TLS connection to ps that speaks HTTP/1.1 and must be
+// done within timeout.
+func dialHTTP1(t *testing.T, ps *httptest.Server, timeout time.Duration) *tls.Conn {
 	t.Helper()
 	conn, err := tls.Dial("tcp", ps.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn.SetDeadline(time.Now().Add(timeout))
+	return conn
+}
+
+// do sends one HTTP/1.1 request over its own TLS connection with the
+// request-target and header names written verbatim, the way an attacker's
+// client would (Go's client would canonicalize or refuse some of them).
+func do(t *testing.T, ps *httptest.Server, method, host, target string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	conn := dialHTTP1(t, ps, 10*time.Second)
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, host)
 	for k, vs := range hdr {

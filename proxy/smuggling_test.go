@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
@@ -195,12 +194,8 @@ func checkForwarded(t *testing.T, got []received, rec *memRecorder, before int) 
 // connection, returning their statuses.
 func rawExchange(t *testing.T, ps *httptest.Server, raw string) []int {
 	t.Helper()
-	conn, err := tls.Dial("tcp", ps.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialHTTP1(t, ps, 5*time.Second)
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(conn, raw); err != nil {
 		t.Fatal(err)
 	}
