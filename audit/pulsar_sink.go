@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,9 +155,10 @@ const (
 // goroutine at a time (Status and Close may be called concurrently).
 type PulsarSink struct {
 	opts     PulsarOptions
+	cfg      PulsarConfig
 	topic    string
 	name     string
-	client   pulsar.Client
+	client   pulsar.Client // replaced only by the connector; see resetClient
 	prodOpts pulsar.ProducerOptions
 	log      *slog.Logger
 
@@ -210,6 +212,7 @@ func NewPulsarSink(ctx context.Context, cfg PulsarConfig, opts PulsarOptions) (*
 	name := "portcullis-audit-" + opts.Instance
 	s := &PulsarSink{
 		opts:   opts,
+		cfg:    cfg,
 		topic:  cfg.Topic,
 		name:   name,
 		client: client,
@@ -571,6 +574,9 @@ func (s *PulsarSink) connect(ch chan struct{}) {
 		s.lastErr = err
 		s.mu.Unlock()
 		s.setNotLive(err.Error())
+		if strings.Contains(err.Error(), "ProducerBusy") {
+			s.resetClient(err)
+		}
 		if attempt == 0 || attempt%20 == 0 {
 			s.log.Warn("audit: cannot create pulsar producer; retrying", "err", err, "attempts", attempt+1)
 		}
@@ -598,6 +604,30 @@ func (s *PulsarSink) createProducer(batched bool) (pulsar.Producer, error) {
 		return nil, fmt.Errorf("audit: pulsar: create producer: %w", err)
 	}
 	return p, nil
+}
+
+// resetClient replaces the client after the broker refused the producer's
+// name as taken. The broker holds a producer of that name on one of this
+// client's connections that the client no longer knows (a creation that
+// timed out here while the restarting broker completed it, or a reconnect
+// racing a close: pulsar-client-go #638, #1032), and drops it only when
+// that connection closes, so retrying on the same client fails forever.
+// If another process holds the name (two proxies with one audit instance
+// id), the new client is refused as well and the log says so. Only the
+// connector calls it; Close reads the client after the connector ended.
+func (s *PulsarSink) resetClient(cause error) {
+	s.log.Warn("audit: the broker says producer "+s.name+" is already connected; reconnecting with a new client "+
+		"(if this repeats, another proxy may run with the same audit instance id)", "err", cause)
+	c, err := newPulsarClient(s.cfg, s.opts)
+	if err != nil {
+		s.log.Error("audit: creating a new pulsar client", "err", err)
+		return
+	}
+	s.mu.Lock()
+	old := s.client
+	s.client = c
+	s.mu.Unlock()
+	old.Close()
 }
 
 // retire takes p out of use and starts connecting its successor; p is

@@ -3,9 +3,11 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -378,5 +380,49 @@ func TestPulsarSinkBrokerDown(t *testing.T) {
 	}
 	if pctx.Err() == nil {
 		t.Errorf("Publish returned %v before its context ended", err)
+	}
+}
+
+// TestPulsarSinkRecoversFromProducerBusy reproduces what a broker restart
+// can leave behind (CI saw it once): the broker holds a producer with the
+// sink's name on the sink's own client connection, one the client no
+// longer knows, so every new producer of that name is refused as
+// ProducerBusy until that connection closes. The sink must get past it and
+// deliver.
+func TestPulsarSinkRecoversFromProducerBusy(t *testing.T) {
+	brokerURL, adminURL := pulsartest.Require(t)
+	topic := pulsartest.NewTopic(t, adminURL)
+	s := newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, pulsarTestOptions(t, "portcullis-busy"))
+	defer s.Close()
+	start := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	evs := pulsarTestEvents("portcullis-busy", 1, 6, start, time.Millisecond)
+	publishAll(t, s, evs[:3])
+
+	// Take the producer away, and register a stray producer of the same
+	// name on the sink's own client, as the half-finished creation would.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, _, err := s.awaitProducer(ctx) // the batching successor of the first
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	stray, err := s.client.CreateProducer(pulsar.ProducerOptions{Topic: topic, Name: s.name})
+	if err == nil {
+		// Same name, same client: the broker now refuses any other.
+		if _, err := s.client.CreateProducer(pulsar.ProducerOptions{Topic: topic, Name: s.name}); err == nil || !strings.Contains(err.Error(), "ProducerBusy") {
+			t.Fatalf("a second producer named %s was not refused as ProducerBusy: %v", s.name, err)
+		}
+	}
+	if err != nil {
+		t.Fatalf("stray producer: %v", err)
+	}
+	_ = stray // never closed: only its connection going away frees the name
+	s.retire(p, false, errors.New("test: producer taken away"))
+
+	publishAll(t, s, evs[3:])
+	msgs := readTopic(t, brokerURL, topic)
+	if len(msgs) != len(evs) {
+		t.Fatalf("topic holds %d messages, want %d", len(msgs), len(evs))
 	}
 }
