@@ -73,9 +73,14 @@ func TestRequestSmugglingPayloads(t *testing.T) {
 				}
 			}
 			// Bodies stream, so a malformed one may be found out after the
-			// upstream got the headers: then the client gets 400 and the
-			// upstream sees the body break off (never a clean, shorter
-			// request).
+			// upstream got the headers: then the client gets 400 (never a
+			// 502 blaming the upstream) and the upstream sees the body break
+			// off (never a clean, shorter request). A body can also break
+			// off upstream because the client's half-close ends the request
+			// while it is forwarded; then the status is whatever raced.
+			if malformedBody[tc.name] && countStatus(statuses, 400) == 0 {
+				t.Errorf("malformed chunked body: the client got %v, want a 400", statuses)
+			}
 			complete := 0
 			for _, r := range got {
 				if !r.broken {
@@ -85,11 +90,17 @@ func TestRequestSmugglingPayloads(t *testing.T) {
 			if n := countStatus(statuses, 200); complete > n {
 				t.Errorf("the upstream received %d complete requests, the client got %d answers of 200 (%v)", complete, n, statuses)
 			}
-			if len(got) > complete && countStatus(statuses, 400) == 0 {
-				t.Errorf("a request body broke off upstream, but the client got %v, not 400", statuses)
+			if len(got) > complete && countStatus(statuses, 502) > 0 {
+				t.Errorf("a request body broke off upstream and the client got %v: a client's body is not the upstream's failure", statuses)
 			}
 		})
 	}
+}
+
+// malformedBody names the payloads whose chunked body is malformed after
+// well-formed headers: found out only while the body streams.
+var malformedBody = map[string]bool{
+	"chunk size overflow": true, "chunk size with spaces": true, "bare LF": true, "GET with body and CL.TE": true,
 }
 
 // smuggleUpstream records every request that reaches it, body included,
