@@ -91,6 +91,9 @@ func appendJSONFloat(b []byte, f float64) ([]byte, error) {
 	if math.IsInf(f, 0) || math.IsNaN(f) {
 		return nil, fmt.Errorf("audit: encode event: unsupported duration %v", f)
 	}
+	if b, ok := appendMillis(b, f); ok {
+		return b, nil
+	}
 	format := byte('f')
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
@@ -106,6 +109,37 @@ func appendJSONFloat(b []byte, f float64) ([]byte, error) {
 	return b, nil
 }
 
+// appendMillis is appendJSONFloat's fast path for the durations the proxy
+// records: whole microseconds in milliseconds, f == float64(n)/1000 for an
+// integer n >= 0 below 1e12. Such an f is the double nearest to the
+// decimal n/1000 (IEEE division rounds correctly), and no decimal with
+// fewer digits is nearest to it (another multiple of 0.001 is at least
+// 0.001 away, and doubles below 1e9 are far closer together than that),
+// so n/1000 without its trailing zeros is the shortest decimal that reads
+// back as f: exactly what strconv, and so encoding/json, writes. It
+// reports false, appending nothing, for any other f (and for -0).
+func appendMillis(b []byte, f float64) ([]byte, bool) {
+	if !(f >= 0 && f < 1e9) || math.Signbit(f) {
+		return b, false
+	}
+	r := math.Round(f * 1000)
+	if r/1000 != f {
+		return b, false
+	}
+	n := uint64(r)
+	b = strconv.AppendUint(b, n/1000, 10)
+	frac := n % 1000
+	if frac == 0 {
+		return b, true
+	}
+	d := [4]byte{'.', byte('0' + frac/100), byte('0' + frac/10%10), byte('0' + frac%10)}
+	end := 4
+	for d[end-1] == '0' {
+		end--
+	}
+	return append(b, d[:end]...), true
+}
+
 // appendJSONString appends s quoted as encoding/json quotes a string with
 // HTML escaping on: ", \ and control characters escaped (\b \f \n \r \t
 // short), <, > and & as \u003c \u003e \u0026, U+2028 and U+2029 escaped,
@@ -115,11 +149,12 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if jsonSafe[c] {
-				i++
-				continue
-			}
+		c := s[i]
+		if jsonSafe[c] {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
 			b = append(b, s[start:i]...)
 			switch c {
 			case '\\', '"':
@@ -162,8 +197,10 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// jsonSafe marks the ASCII bytes appendJSONString copies as they are.
-var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+// jsonSafe marks the bytes appendJSONString copies as they are without
+// looking further: printable ASCII but ", \, <, > and &. (Bytes from 0x80
+// start a UTF-8 sequence, which is checked.)
+var jsonSafe = func() (t [256]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
 	}

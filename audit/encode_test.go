@@ -102,6 +102,38 @@ func TestEncodeBodyMatchesJSON(t *testing.T) {
 
 const utf8RuneError = '\uFFFD'
 
+// TestAppendMillisMatchesJSON checks the fast path for whole microseconds
+// against encoding/json: every n/1000 up to 2,000 ms, random ones up to
+// its bound, and the values around the bound and the non-multiples it
+// must leave to strconv.
+func TestAppendMillisMatchesJSON(t *testing.T) {
+	check := func(f float64) {
+		t.Helper()
+		want, err := json.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := appendJSONFloat(nil, f)
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("appendJSONFloat(%v) = %q, %v; encoding/json writes %q", f, got, err, want)
+		}
+	}
+	for n := range 2_000_000 {
+		check(float64(n) / 1000)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 1_000_000 {
+		check(float64(r.Int64N(1e12)) / 1000)
+	}
+	for _, f := range []float64{1e9, 1e9 - 0.001, 999999999.999, 1e9 + 0.001, 0.0005, 0.0015, 1.0001, 4.1, 4.2,
+		0.1 + 0.2, 1e-6, math.Copysign(0, -1), -0.001, math.Nextafter(0.001, 1), math.Nextafter(4.2, 0)} {
+		check(f)
+	}
+	if _, ok := appendMillis(nil, math.Nextafter(4.2, 0)); ok {
+		t.Error("appendMillis took a double that is not n/1000")
+	}
+}
+
 func TestEncodeBodyRejectsNaN(t *testing.T) {
 	for _, f := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
 		ev := sampleEvent()
