@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -107,11 +108,28 @@ func encodeBody(ev *Event) ([]byte, error) {
 	return appendBody(make([]byte, 0, 512), ev)
 }
 
-// sealBody writes the head fields (schema to prev_hash: values that need
-// no JSON escaping, checked here), hashes head+body with an empty hash,
-// sets ev.Hash and returns the final encoding. It produces exactly what
-// json.Marshal(ev) produces.
+// sealBody seals ev with a fresh SHA-256 state (see sealer.seal).
 func sealBody(ev *Event, body []byte) ([]byte, error) {
+	var s sealer
+	return s.seal(ev, body)
+}
+
+// sealer seals events, reusing one SHA-256 state. It is not safe for
+// concurrent use: the Pipeline's is guarded by its chain lock.
+type sealer struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+}
+
+// hashPlaceholder reserves the hash's place in an event being sealed.
+var hashPlaceholder = strings.Repeat("0", hashLen)
+
+// seal writes the head fields (schema to prev_hash: values that need no
+// JSON escaping, checked here) and body into one new buffer, leaving room
+// for the hash; hashes the event as it reads with an empty hash (the bytes
+// before and after that room); sets ev.Hash and writes it into the room.
+// It produces exactly what json.Marshal(ev) produces.
+func (s *sealer) seal(ev *Event, body []byte) ([]byte, error) {
 	if y := ev.Time.Year(); y < 0 || y > 9999 {
 		return nil, fmt.Errorf("audit: encode event: time %s out of range", ev.Time)
 	}
@@ -134,14 +152,20 @@ func sealBody(ev *Event, body []byte) ([]byte, error) {
 	out = append(out, ev.PrevHash...)
 	out = append(out, `","hash":"`...)
 	at := len(out)
+	out = append(out, hashPlaceholder...)
 	out = append(out, `",`...)
 	out = append(out, body...)
-	h := hashOf(out)
-	ev.Hash = h
-	// Insert the hash: grow by hashLen and shift the rest right.
-	out = append(out, h...)
-	copy(out[at+hashLen:], out[at:len(out)-hashLen])
-	copy(out[at:], h)
+	if s.h == nil {
+		s.h = sha256.New()
+	} else {
+		s.h.Reset()
+	}
+	s.h.Write(out[:at])
+	s.h.Write(out[at+hashLen:])
+	sum := s.h.Sum(s.sum[:0])
+	copy(out[at:], HashPrefix)
+	hex.Encode(out[at+len(HashPrefix):at+hashLen], sum)
+	ev.Hash = string(out[at : at+hashLen])
 	return out, nil
 }
 

@@ -107,6 +107,8 @@ type Pipeline struct {
 	mu      sync.Mutex
 	last    ChainState
 	entropy *ulid.MonotonicEntropy
+	sealer  sealer
+	idBuf   ulid.ULID // scratch for event IDs
 	closed  bool
 
 	spool *Spool       // durable and fail-closed
@@ -244,40 +246,76 @@ func (p *Pipeline) Spool() *Spool { return p.spool }
 // ev.Schema, ev.Time (when zero; always UTC, microseconds), ev.ID,
 // ev.Instance, ev.Seq, ev.PrevHash, ev.Hash and an empty Groups slice.
 func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
-	normalize(ev, p.clock.Now())
+	if ev.Time.IsZero() {
+		ev.Time = p.clock.Now()
+	}
+	normalize(ev, ev.Time)
 	ev.Instance = p.instance
-	// Most of the encoding happens here, outside the chain lock.
-	body, err := encodeBody(ev)
+	// Most of the encoding happens here, outside the chain lock, into a
+	// buffer that is reused once the event is sealed.
+	buf := bodyPool.Get().(*[]byte)
+	body, err := appendBody((*buf)[:0], ev)
 	if err != nil {
+		bodyPool.Put(buf)
 		return p.drop(ev, dropEncode, fmt.Errorf("%w (%w)", err, ErrUnavailable))
 	}
+	ticket, reason, err := p.enqueue(ev, body)
+	if cap(body) <= maxPooledBody {
+		*buf = body[:0]
+		bodyPool.Put(buf)
+	}
+	if err != nil {
+		return p.drop(ev, reason, err)
+	}
+	if p.spool != nil {
+		if err := p.spool.Sync(ctx, ticket); err != nil {
+			if errors.Is(err, ErrUnavailable) {
+				return p.drop(ev, dropSpoolError, err)
+			}
+			return err
+		}
+	}
+	p.m.recorded.Inc()
+	return nil
+}
+
+// bodyPool holds Record's encoding buffers (*[]byte); buffers that grew
+// beyond maxPooledBody are left to the collector.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+const maxPooledBody = 64 << 10
+
+// enqueue gives ev its ID and place in the chain, seals it with body, and
+// appends it to the spool (the Ticket to Sync on) or the memory queue (a
+// zero Ticket), all under the chain lock. On failure it returns the drop
+// reason, and the chain is as before.
+func (p *Pipeline) enqueue(ev *Event, body []byte) (Ticket, string, error) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
-		p.mu.Unlock()
-		return p.drop(ev, dropClosed, fmt.Errorf("%w (%w)", ErrClosed, ErrUnavailable))
+		return Ticket{}, dropClosed, fmt.Errorf("%w (%w)", ErrClosed, ErrUnavailable)
 	}
 	if p.queue != nil && len(p.queue) == cap(p.queue) {
-		p.mu.Unlock()
-		return p.drop(ev, dropBufferFull, fmt.Errorf("audit: memory buffer full: %w", ErrUnavailable))
+		return Ticket{}, dropBufferFull, fmt.Errorf("audit: memory buffer full: %w", ErrUnavailable)
 	}
-	id, err := ulid.New(ulid.Timestamp(ev.Time), p.entropy)
-	if err != nil {
-		p.mu.Unlock()
-		return p.drop(ev, dropEncode, fmt.Errorf("audit: event id: %v: %w", err, ErrUnavailable))
+	id := &p.idBuf
+	ms := ulid.Timestamp(ev.Time)
+	if err := id.SetTime(ms); err != nil {
+		return Ticket{}, dropEncode, fmt.Errorf("audit: event id: %v: %w", err, ErrUnavailable)
+	}
+	if err := p.entropy.MonotonicRead(ms, id[6:]); err != nil {
+		return Ticket{}, dropEncode, fmt.Errorf("audit: event id: %v: %w", err, ErrUnavailable)
 	}
 	ev.ID = id.String()
 	enc, err := p.sealNext(ev, body)
 	if err != nil {
-		p.mu.Unlock()
-		return p.drop(ev, dropEncode, fmt.Errorf("%w (%w)", err, ErrUnavailable))
+		return Ticket{}, dropEncode, fmt.Errorf("%w (%w)", err, ErrUnavailable)
 	}
 
 	if p.queue != nil {
 		p.queue <- enc
 		p.last = ChainState{Instance: p.instance, Seq: ev.Seq, Hash: ev.Hash}
-		p.mu.Unlock()
-		p.m.recorded.Inc()
-		return nil
+		return Ticket{}, "", nil
 	}
 
 	ticket, err := p.spool.Append(enc, ev.Hash)
@@ -291,24 +329,13 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 	}
 	if err != nil {
 		p.last.Seq, p.last.Hash = p.spool.Tail()
-		p.mu.Unlock()
-		reason := dropSpoolError
 		if errors.Is(err, ErrSpoolFull) {
-			reason = dropSpoolFull
+			return Ticket{}, dropSpoolFull, err
 		}
-		return p.drop(ev, reason, err)
+		return Ticket{}, dropSpoolError, err
 	}
 	p.last = ChainState{Instance: p.instance, Seq: ev.Seq, Hash: ev.Hash}
-	p.mu.Unlock()
-
-	if err := p.spool.Sync(ctx, ticket); err != nil {
-		if errors.Is(err, ErrUnavailable) {
-			return p.drop(ev, dropSpoolError, err)
-		}
-		return err
-	}
-	p.m.recorded.Inc()
-	return nil
+	return ticket, "", nil
 }
 
 // sealNext gives ev the next Seq and PrevHash of the chain and encodes it.
@@ -317,7 +344,7 @@ func (p *Pipeline) Record(ctx context.Context, ev *Event) error {
 func (p *Pipeline) sealNext(ev *Event, body []byte) (Encoded, error) {
 	ev.Seq = p.last.Seq + 1
 	ev.PrevHash = p.last.Hash
-	data, err := sealBody(ev, body)
+	data, err := p.sealer.seal(ev, body)
 	if err != nil {
 		return Encoded{}, err
 	}
