@@ -439,7 +439,8 @@ func (p *Pipeline) backlog() uint64 {
 // Run ships recorded events to the sink until ctx is cancelled or Close
 // stops it: it reads batches from the spool (or the memory queue), calls
 // the sink with back-off between failures (retrying the same batch), and
-// advances the acknowledgement. It returns nil when stopped, or an error
+// advances the acknowledgement. A StreamingSink (Pulsar) gets the next
+// batch while it confirms the previous one (see ship). It returns nil when stopped, or an error
 // when it cannot read the spool. Run must not be called twice.
 func (p *Pipeline) Run(ctx context.Context) error {
 	p.runMu.Lock()
@@ -467,6 +468,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
+	if ss, ok := p.sink.(StreamingSink); ok {
+		return p.ship(ctx, ss)
+	}
 	var saved uint64 // best-effort: the seq of the chain state saved
 	for {
 		batch, err := p.next(ctx)
@@ -479,35 +483,166 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if p.queue != nil && batch[len(batch)-1].Seq > saved {
-			// Save the chain before the events leave: after a crash the
-			// chain continues behind them (a gap where events were lost,
-			// never a seq used twice). The state saved is the newest
-			// event's, so that while the shipper is behind, one save covers
-			// the batches of the whole queue.
-			p.mu.Lock()
-			st := p.last
-			p.mu.Unlock()
-			if err := saveChainState(p.dataDir, st); err != nil {
-				p.log.Error("audit: saving the chain state", "err", err)
-			} else {
-				saved = st.Seq
-			}
-		}
+		saved = p.saveChain(batch, saved)
 		if err := p.publish(ctx, batch); err != nil {
 			p.lose(batch, err)
 			return nil
 		}
-		last := batch[len(batch)-1].Seq
-		if p.spool != nil {
-			inst, hash := eventHead(batch[len(batch)-1].Data)
-			if err := p.spool.Ack(last, hash, inst); err != nil {
-				p.log.Error("audit: recording the acknowledgement", "err", err)
-			}
-		}
-		p.acked.Store(last)
-		p.m.acked.Add(float64(len(batch)))
+		p.confirm(batch)
 	}
+}
+
+// maxInFlight is how many batches the shipper keeps on their way to a
+// StreamingSink.
+const maxInFlight = 2
+
+// flight is a batch started on a StreamingSink.
+type flight struct {
+	batch []Encoded
+	pd    Pending
+	start time.Time
+}
+
+// ship is Run's loop for a StreamingSink: it starts the next batch while
+// up to maxInFlight-1 earlier ones await confirmation, and confirms them in
+// order. When the sink fails, every unconfirmed batch is published again,
+// in order, with back-off (publish).
+func (p *Pipeline) ship(ctx context.Context, sink StreamingSink) error {
+	var fl []flight
+	var saved uint64
+	loseAll := func(err error) {
+		for _, f := range fl {
+			p.lose(f.batch, err)
+		}
+	}
+	for {
+		var batch []Encoded
+		var err error
+		if len(fl) == 0 {
+			batch, err = p.next(ctx)
+			if ctx.Err() != nil {
+				if len(batch) > 0 {
+					p.lose(batch, ctx.Err())
+				}
+				return nil
+			}
+		} else if len(fl) < maxInFlight {
+			batch, err = p.poll()
+		}
+		if err != nil {
+			return err
+		}
+		if len(batch) == 0 {
+			// Nothing more to send now: wait for the oldest batch.
+			f := fl[0]
+			if err := f.pd.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					loseAll(ctx.Err())
+					return nil
+				}
+				if !p.republish(ctx, fl) {
+					return nil
+				}
+				fl = fl[:0]
+				continue
+			}
+			p.m.publish.Observe(time.Since(f.start).Seconds())
+			p.confirm(f.batch)
+			fl = append(fl[:0], fl[1:]...)
+			continue
+		}
+		saved = p.saveChain(batch, saved)
+		start := time.Now()
+		pd, err := sink.StartEncoded(ctx, batch)
+		fl = append(fl, flight{batch: batch, pd: pd, start: start})
+		if err != nil {
+			if ctx.Err() != nil {
+				loseAll(ctx.Err())
+				return nil
+			}
+			if !p.republish(ctx, fl) {
+				return nil
+			}
+			fl = fl[:0]
+		}
+	}
+}
+
+// republish publishes the batches of fl again, in order, each until it
+// succeeds (see publish), after the sink failed with them in flight. It
+// reports false when ctx ended first.
+func (p *Pipeline) republish(ctx context.Context, fl []flight) bool {
+	for i, f := range fl {
+		if err := p.publish(ctx, f.batch); err != nil {
+			for _, g := range fl[i:] {
+				p.lose(g.batch, err)
+			}
+			return false
+		}
+		p.confirm(f.batch)
+	}
+	return true
+}
+
+// saveChain, in best-effort mode, saves the chain state before batch
+// leaves, unless the state saved (at seq saved) already covers it, and
+// returns the seq saved. After a crash the chain continues behind the
+// events sent (a gap where events were lost, never a seq used twice). The
+// state saved is the newest event's, so that while the shipper is behind,
+// one save covers the batches of the whole queue.
+func (p *Pipeline) saveChain(batch []Encoded, saved uint64) uint64 {
+	if p.queue == nil || batch[len(batch)-1].Seq <= saved {
+		return saved
+	}
+	p.mu.Lock()
+	st := p.last
+	p.mu.Unlock()
+	if err := saveChainState(p.dataDir, st); err != nil {
+		p.log.Error("audit: saving the chain state", "err", err)
+		return saved
+	}
+	return st.Seq
+}
+
+// confirm advances the acknowledgement past batch, which the sink holds.
+func (p *Pipeline) confirm(batch []Encoded) {
+	last := batch[len(batch)-1].Seq
+	if p.spool != nil {
+		inst, hash := eventHead(batch[len(batch)-1].Data)
+		if err := p.spool.Ack(last, hash, inst); err != nil {
+			p.log.Error("audit: recording the acknowledgement", "err", err)
+		}
+	}
+	p.acked.Store(last)
+	p.m.acked.Add(float64(len(batch)))
+}
+
+// poll is next without waiting: the batch ready now, if any.
+func (p *Pipeline) poll() ([]Encoded, error) {
+	if p.queue != nil {
+		return p.drain(nil), nil
+	}
+	return p.spool.ReadBatch(p.opts.BatchEvents, p.opts.BatchBytes)
+}
+
+// drain adds the events waiting in the memory queue to batch, up to the
+// batch limits.
+func (p *Pipeline) drain(batch []Encoded) []Encoded {
+	size := 0
+	for _, e := range batch {
+		size += len(e.Data)
+	}
+	for len(batch) < p.opts.BatchEvents && size < p.opts.BatchBytes {
+		select {
+		case q := <-p.queue:
+			batch = append(batch, q)
+			size += len(q.Data)
+			continue
+		default:
+		}
+		break
+	}
+	return batch
 }
 
 // next waits for the next batch.
@@ -519,19 +654,7 @@ func (p *Pipeline) next(ctx context.Context) ([]Encoded, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		batch := []Encoded{first}
-		size := len(first.Data)
-		for len(batch) < p.opts.BatchEvents && size < p.opts.BatchBytes {
-			select {
-			case q := <-p.queue:
-				batch = append(batch, q)
-				size += len(q.Data)
-				continue
-			default:
-			}
-			break
-		}
-		return batch, nil
+		return p.drain([]Encoded{first}), nil
 	}
 	for {
 		batch, err := p.spool.ReadBatch(p.opts.BatchEvents, p.opts.BatchBytes)

@@ -33,8 +33,11 @@ import (
 //     what the pipeline sends: the same events, with ULIDs, sealed into a
 //     hash chain.
 //   - sink: PulsarSink.PublishEncoded of the same payloads in the
-//     pipeline's default batches, one after the other: the shipper's
-//     ceiling.
+//     pipeline's default batches, one after the other, each waiting for
+//     its acknowledgement.
+//   - drain: the shipper alone (Pipeline.Run): the spool already holds
+//     the events, as after an outage, and is delivered with batches
+//     streamed (the next sent while the previous is being acknowledged).
 //   - pipeline-durable: Pipeline.Record (fsync'd spool, group commit) from
 //     64 goroutines (requests in flight) until the sink has acknowledged
 //     every event. Each Record gets a fresh Event copied from one of 4096
@@ -111,6 +114,8 @@ func BenchmarkPulsarThroughput(b *testing.B) {
 		report(b, start)
 	})
 
+	b.Run("drain", func(b *testing.B) { benchDrain(b, brokerURL, adminURL, instance) })
+
 	for _, mode := range []string{ModeDurable, ModeBestEffort} {
 		b.Run("pipeline-"+mode, func(b *testing.B) { benchPipeline(b, brokerURL, adminURL, instance, mode, 64) })
 	}
@@ -159,6 +164,61 @@ func sendBare(b *testing.B, brokerURL, topic string, evs []Encoded, onStart func
 		b.Fatalf("%d sends failed", n)
 	}
 	return start
+}
+
+// benchDrain measures the shipper alone: a durable pipeline whose spool
+// already holds b.N events (as after an outage) delivers them; the clock
+// runs from Run's start until the broker has acknowledged the last one.
+func benchDrain(b *testing.B, brokerURL, adminURL, instance string) {
+	topic := pulsartest.NewTopic(b, adminURL)
+	dir := b.TempDir()
+	cfg := Config{Sink: SinkPulsar, Mode: ModeDurable, Pulsar: PulsarConfig{URL: brokerURL, Topic: topic}}
+	cfg.SetDefaults(dir)
+	s := newTestPulsarSink(b, cfg.Pulsar, pulsarTestOptions(b, instance))
+	p, err := Open(context.Background(), cfg, dir, s, Options{Instance: instance, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				if err := p.Record(ctx, pulsarTestEvent(instance, uint64(i), time.Time{})); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	runDone := make(chan error, 1)
+	b.ResetTimer()
+	cpu0 := machineCPU()
+	start := time.Now()
+	go func() { runDone <- p.Run(ctx) }()
+	for p.Status().Acked < uint64(b.N) {
+		select {
+		case err := <-runDone:
+			b.Fatalf("Run ended with %d of %d events acknowledged: %v", p.Status().Acked, b.N, err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	reportMachineCPU(b, cpu0)
+	b.StopTimer()
+	reportShape(b, p)
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ccancel()
+	if err := p.Close(cctx); err != nil {
+		b.Error(err)
+	}
+	cancel()
+	<-runDone
 }
 
 // benchPipeline records b.N events from workers goroutines (requests in

@@ -181,12 +181,16 @@ type PulsarSink struct {
 	// set it to show that the broker's de-duplication alone drops them.
 	noSkip bool
 
+	// Batches started and not yet waited for; the publishing goroutine's.
+	inFlight    int
+	lastStarted *pulsarPending
+
 	waitingSince atomic.Int64 // unix nanos of the oldest unacknowledged send, 0 when none
 	live         atomic.Bool
 	detail       atomic.Value // string
 }
 
-var _ EncodedSink = (*PulsarSink)(nil)
+var _ StreamingSink = (*PulsarSink)(nil)
 
 // NewPulsarSink creates the Pulsar client and starts connecting the producer
 // "portcullis-audit-<opts.Instance>" to cfg.Topic. It waits for the first
@@ -268,12 +272,32 @@ func (s *PulsarSink) Publish(ctx context.Context, batch []*Event) error {
 // PublishEncoded waits for a producer while the broker is down, but never
 // past ctx.
 func (s *PulsarSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
+	pd, err := s.start(ctx, batch, false)
+	if err != nil {
+		return err
+	}
+	return pd.Wait(ctx)
+}
+
+// StartEncoded is PublishEncoded without the wait (see StreamingSink): it
+// sends the batch behind those started before and returns; Wait on the
+// result returns once the broker holds all of it. While a session is
+// still unbatched (after a connect), StartEncoded publishes synchronously.
+func (s *PulsarSink) StartEncoded(ctx context.Context, batch []Encoded) (Pending, error) {
+	return s.start(ctx, batch, true)
+}
+
+// start sends the batch as PublishEncoded describes. With stream, a full
+// last chunk is left open in the client (the next batch's first message
+// cuts it, or Wait flushes it) instead of being flushed, since a flush
+// waits for every acknowledgement.
+func (s *PulsarSink) start(ctx context.Context, batch []Encoded, stream bool) (*pulsarPending, error) {
 	if len(batch) == 0 {
-		return nil
+		return &pulsarPending{}, nil
 	}
 	p, batched, err := s.awaitProducer(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.mu.Lock()
 	acked := s.acked
@@ -284,33 +308,99 @@ func (s *PulsarSink) PublishEncoded(ctx context.Context, batch []Encoded) error 
 	}
 	todo := batch[start:]
 	if len(todo) == 0 {
-		return nil
+		return &pulsarPending{}, nil
 	}
 	for i := 1; i < len(todo); i++ {
 		if todo[i].Seq <= todo[i-1].Seq {
-			return fmt.Errorf("audit: pulsar: batch out of order: seq %d after %d", todo[i].Seq, todo[i-1].Seq)
+			return nil, fmt.Errorf("audit: pulsar: batch out of order: seq %d after %d", todo[i].Seq, todo[i-1].Seq)
 		}
 	}
-	if batched {
-		err = s.sendBatched(ctx, p, todo)
-	} else {
-		err = s.sendSingly(ctx, p, todo)
+	last := int64(todo[len(todo)-1].Seq)
+	if !batched {
+		if err := s.sendSingly(ctx, p, todo); err != nil {
+			s.abandon(p, err)
+			return nil, err
+		}
+		s.confirm(last)
+		// The broker now holds everything up to acked: batch from here on.
+		s.retire(p, true, nil)
+		return &pulsarPending{}, nil
 	}
+	w := newAckWaiter(len(todo))
+	s.inFlight++
+	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
+	open, err := s.sendBatched(ctx, p, todo, w, stream)
 	if err != nil {
-		s.retire(p, false, err)
+		s.abandon(p, err)
+		return nil, err
+	}
+	pd := &pulsarPending{s: s, p: p, w: w, last: last, open: open}
+	s.lastStarted = pd
+	return pd, nil
+}
+
+// pulsarPending is a batch sent by start and not yet known to be stored.
+// Its fields belong to the publishing goroutine.
+type pulsarPending struct {
+	s    *PulsarSink
+	p    pulsar.Producer
+	w    *ackWaiter // nil: nothing to wait for
+	last int64      // the batch's highest seq
+	open bool       // its last chunk is still open in the client
+}
+
+// Wait returns once the broker has acknowledged every message of the
+// batch. After an error the producer is retired and nothing sent on it is
+// assumed stored.
+func (pd *pulsarPending) Wait(ctx context.Context) error {
+	if pd.w == nil {
+		return nil
+	}
+	s := pd.s
+	if pd.open && s.lastStarted == pd {
+		// Nothing was sent after this batch to cut its last chunk. (The
+		// flush waits for every acknowledgement.)
+		if err := pd.p.FlushWithCtx(ctx); err != nil {
+			err = fmt.Errorf("audit: pulsar: flush: %w", err)
+			s.abandon(pd.p, err)
+			return err
+		}
+	}
+	if err := pd.w.wait(ctx); err != nil {
+		err = fmt.Errorf("audit: pulsar: publish: %w", err)
+		s.abandon(pd.p, err)
 		return err
 	}
+	pd.w = nil
+	if s.lastStarted == pd {
+		s.lastStarted = nil
+	}
+	if s.inFlight--; s.inFlight > 0 {
+		// The next batch was sent after this one: close enough.
+		s.waitingSince.Store(s.opts.Now().UnixNano())
+	} else {
+		s.waitingSince.Store(0)
+	}
+	s.confirm(pd.last)
+	return nil
+}
+
+// confirm records that the broker holds every event up to seq.
+func (s *PulsarSink) confirm(seq int64) {
 	s.mu.Lock()
-	if last := int64(todo[len(todo)-1].Seq); last > s.acked {
-		s.acked = last
+	if seq > s.acked {
+		s.acked = seq
 	}
 	s.mu.Unlock()
 	s.setLive()
-	if !batched {
-		// The broker now holds everything up to acked: batch from here on.
-		s.retire(p, true, nil)
-	}
-	return nil
+}
+
+// abandon retires p after a failure: nothing sent on it and not yet
+// confirmed is assumed stored, and no batch is in flight any more.
+func (s *PulsarSink) abandon(p pulsar.Producer, cause error) {
+	s.inFlight, s.lastStarted = 0, nil
+	s.waitingSince.Store(0)
+	s.retire(p, false, cause)
 }
 
 // sendSingly publishes each event as an unbatched message with sequence id
@@ -340,16 +430,14 @@ func (s *PulsarSink) sendSingly(ctx context.Context, p pulsar.Producer, events [
 	return nil
 }
 
-// sendBatched publishes events in batches shaped as the design note says
-// and waits for every acknowledgement.
-func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events []Encoded) error {
-	w := newAckWaiter(len(events))
-	s.waitingSince.CompareAndSwap(0, s.opts.Now().UnixNano())
-	defer s.waitingSince.Store(0)
-
+// sendBatched sends events in chunks shaped as the design note says, each
+// acknowledgement counted by w. A chunk cut short (byte budget) is flushed
+// at once; so is the last one, unless it is full and stream is set: then
+// it is left open (the next message sent cuts it) and open is true.
+func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events []Encoded, w *ackWaiter, stream bool) (open bool, err error) {
 	// The client holds on to each message until it is acknowledged, so the
 	// messages and their sequence ids are allocated once for the whole
-	// Publish rather than one by one.
+	// batch rather than one by one.
 	slab := make([]pulsar.ProducerMessage, len(events))
 	seqs := make([]int64, len(events))
 	msgs := make([]*pulsar.ProducerMessage, 0, s.opts.BatchMessages)
@@ -376,25 +464,24 @@ func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events 
 		msgs[0].SequenceID = &highest
 		for _, m := range msgs {
 			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("audit: pulsar: publish: %w", err)
+				return false, fmt.Errorf("audit: pulsar: publish: %w", err)
 			}
 			p.SendAsync(ctx, m, w.callback)
 			if err := w.failed(); err != nil {
-				return fmt.Errorf("audit: pulsar: publish: %w", err)
+				return false, fmt.Errorf("audit: pulsar: publish: %w", err)
 			}
 		}
 		// A full chunk is cut by the client when the next message arrives;
 		// a shorter one (byte budget, end of the batch) must be flushed.
-		if len(msgs) < s.opts.BatchMessages || i == len(events) {
+		full := len(msgs) == s.opts.BatchMessages
+		if !full || i == len(events) && !stream {
 			if err := p.FlushWithCtx(ctx); err != nil {
-				return fmt.Errorf("audit: pulsar: flush: %w", err)
+				return false, fmt.Errorf("audit: pulsar: flush: %w", err)
 			}
 		}
+		open = full && i == len(events) && stream
 	}
-	if err := w.wait(ctx); err != nil {
-		return fmt.Errorf("audit: pulsar: publish: %w", err)
-	}
-	return nil
+	return open, nil
 }
 
 // ackWaiter counts acknowledgements for one Publish. Callbacks may arrive

@@ -64,6 +64,28 @@ type EncodedSink interface {
 	PublishEncoded(ctx context.Context, batch []Encoded) error
 }
 
+// StreamingSink is an EncodedSink that keeps several batches on their way
+// at once, so that the shipper sends the next batch while the destination
+// still confirms the previous one (a synchronous PublishEncoded leaves the
+// connection idle for a round trip per batch). PulsarSink implements it.
+//
+// StartEncoded has PublishEncoded's contract except that it does not wait:
+// it sends batch after the batches started before it and returns a Pending
+// whose Wait returns nil once every event of batch is durably stored. The
+// caller waits for Pendings in the order it started them, from the same
+// goroutine. After an error from StartEncoded or from any Wait, nothing
+// not yet confirmed is assumed stored: the caller waits for none of the
+// later Pendings and publishes those batches again, in order.
+type StreamingSink interface {
+	EncodedSink
+	StartEncoded(ctx context.Context, batch []Encoded) (Pending, error)
+}
+
+// Pending is a batch a StreamingSink has sent and not yet confirmed.
+type Pending interface {
+	Wait(ctx context.Context) error
+}
+
 // SinkStatus is reported on /readyz and in metrics.
 type SinkStatus struct {
 	// Live is true when the last contact with the destination succeeded.
