@@ -130,13 +130,17 @@ func (h *Handler) upstreamAnswered(resp *http.Response, x *exchange) error {
 		_ = x.rc.SetWriteDeadline(h.clock.Now().Add(x.st.Server.WriteTimeout))
 	}
 	// Never let an upstream set Portcullis's own identity headers on the
-	// response, nor override the request id.
+	// response, nor the headers Portcullis already set on it (the request
+	// id, HSTS): the reverse proxy adds the upstream's values to ours.
 	for name := range resp.Header {
 		if isIdentityHeader(name) {
 			delete(resp.Header, name)
 		}
 	}
-	resp.Header.Set(HeaderRequestID, x.id)
+	resp.Header.Del(HeaderRequestID)
+	if x.st.HSTS != "" {
+		resp.Header.Del("Strict-Transport-Security")
+	}
 	err := h.record(resp.Request, x, resp.StatusCode, audit.DecisionAllow, x.decision.Reason)
 	if err != nil && h.opts.FailClosed {
 		return errAuditFailClosed

@@ -107,6 +107,7 @@ func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen
 		seen.reqs = append(seen.reqs, r.Clone(context.Background()))
 		seen.mu.Unlock()
 		w.Header().Set("X-Portcullis-User", "upstream-spoof")
+		w.Header().Set("X-Request-Id", "upstream-chose-this")
 		fmt.Fprintf(w, "path=%s raw=%s", r.URL.Path, r.URL.RawPath)
 	}))
 	t.Cleanup(up.Close)
@@ -336,8 +337,8 @@ func TestDecisionsAndStatuses(t *testing.T) {
 				t.Fatalf("status = %d (%s), want %d", resp.StatusCode, body, tt.wantStatus)
 			}
 			rid := resp.Header.Get("X-Request-Id")
-			if rid == "" {
-				t.Error("response has no X-Request-Id")
+			if ids := resp.Header.Values("X-Request-Id"); len(ids) != 1 || rid == "" || rid == "upstream-chose-this" {
+				t.Errorf("response X-Request-Id = %q, want exactly one, Portcullis's", ids)
 			}
 			evs := rec.all()
 			ev := evs[len(evs)-1]
