@@ -92,7 +92,9 @@ type User struct {
 	AuthMethod string   `json:"auth_method"`
 }
 
-// Request is what was asked. Path never includes the query string.
+// Request is what was asked. Path never includes the query string: it is
+// the normalized path the policy saw, with '%' and '?' written as %25 and
+// %3F.
 type Request struct {
 	Method     string `json:"method"`
 	Host       string `json:"host"`

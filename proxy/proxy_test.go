@@ -321,6 +321,7 @@ func TestDecisionsAndStatuses(t *testing.T) {
 		wantDecision       string
 	}{
 		{"allowed", "app.test", "/x?secret=1", alice, 200, "allow"},
+		{"encoded question mark", "app.test", "/q%3Fsecret=1", alice, 200, "allow"},
 		{"denied", "app.test", "/deny/x", alice, 403, "deny"},
 		{"no route", "nothing.test", "/", alice, 404, "deny"},
 		{"browser sign-in", "app.test", "/x", http.Header{"Accept": {"text/html"}}, 302, "unauthenticated"},
@@ -345,8 +346,8 @@ func TestDecisionsAndStatuses(t *testing.T) {
 			if ev.Decision != tt.wantDecision || ev.Response.Status != tt.wantStatus || ev.RequestID != rid {
 				t.Errorf("audit event = %s/%d/%s, want %s/%d/%s", ev.Decision, ev.Response.Status, ev.RequestID, tt.wantDecision, tt.wantStatus, rid)
 			}
-			if strings.Contains(ev.Request.Path, "secret") {
-				t.Errorf("query string recorded: %q", ev.Request.Path)
+			if strings.Contains(ev.Request.Path, "secret") && ev.Request.Path != "/q%3Fsecret=1" || strings.Contains(ev.Request.Path, "?") {
+				t.Errorf("query string recorded, or a path that reads as one: %q", ev.Request.Path)
 			}
 			switch tt.wantStatus {
 			case 403:
@@ -508,6 +509,16 @@ func TestUpstreamFailures(t *testing.T) {
 		evs := rec.all()
 		if ev := evs[len(evs)-1]; ev.Response.Status != want {
 			t.Errorf("%s: audited status %d, want %d", host, ev.Response.Status, want)
+		}
+	}
+}
+
+func TestAuditPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/": "/", "/a/b": "/a/b", "/a?b=1": "/a%3Fb=1", "/100%": "/100%25", "/a%3Fb": "/a%253Fb", "/?%?": "/%3F%25%3F",
+	} {
+		if got := auditPath(in); got != want {
+			t.Errorf("auditPath(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

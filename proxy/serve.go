@@ -204,6 +204,17 @@ func pageMessage(status int) string {
 	return ""
 }
 
+// auditPath is the normalized path as an audit event records it: with
+// '%' and '?' written as %25 and %3F, so that a path holding an encoded
+// '?' (/a%3Fb, which the policy sees as "/a?b") never reads as a query
+// string, and the record stays unambiguous.
+func auditPath(p string) string {
+	if !strings.ContainsAny(p, "%?") {
+		return p
+	}
+	return strings.NewReplacer("%", "%25", "?", "%3F").Replace(p)
+}
+
 // record writes the audit event for x. It is called once per request,
 // before the response reaches the client.
 func (h *Handler) record(r *http.Request, x *exchange, status int, decision, reason string) error {
@@ -218,7 +229,7 @@ func (h *Handler) record(r *http.Request, x *exchange, status int, decision, rea
 		Decision:  decision,
 		Reason:    reason,
 		Request: audit.Request{
-			Method: r.Method, Host: x.host, Path: x.target.Path,
+			Method: r.Method, Host: x.host, Path: auditPath(x.target.Path),
 			RemoteAddr: x.client.Addr, UserAgent: r.UserAgent(),
 		},
 		Response: audit.Response{Status: status},
