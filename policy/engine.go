@@ -48,6 +48,7 @@ type Engine struct {
 
 	mu       sync.Mutex // serializes Reload and SetPackages
 	packages []string   // packages routes need; guarded by mu
+	failing  bool       // the last Reload failed; guarded by mu
 }
 
 // NewEngine builds an engine for cfg (defaults filled in for empty fields)
@@ -139,7 +140,13 @@ func (e *Engine) Reload(ctx context.Context) error {
 				e.reloadFailed(err)
 				return err
 			}
-			e.log.Debug("policy: files unchanged", "dir", e.cfg.Dir, "revision", s.Revision())
+			if e.failing {
+				e.log.Info("policy: the files compile again and are the ones serving", "dir", e.cfg.Dir, "revision", s.Revision())
+			} else {
+				e.log.Debug("policy: files unchanged", "dir", e.cfg.Dir, "revision", s.Revision())
+			}
+			e.failing = false
+			e.metrics.lastReloadOK.Set(1)
 			return nil
 		}
 		err = s.Prepare(ctx, e.packages)
@@ -149,6 +156,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 		return err
 	}
 	old := e.current.Swap(s)
+	e.failing = false
 	e.metrics.loaded(s, old)
 	e.log.Info("policy: loaded", "dir", e.cfg.Dir, "revision", s.Revision(),
 		"files", len(s.files), "packages", len(s.packages), "took", time.Since(started).Round(time.Microsecond))
@@ -156,6 +164,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 }
 
 func (e *Engine) reloadFailed(err error) {
+	e.failing = true
 	// Log first, count second: whoever sees the counter move finds the log.
 	defer e.metrics.lastReloadOK.Set(0)
 	defer e.metrics.reloadErrors.Inc()

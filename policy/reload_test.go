@@ -178,6 +178,16 @@ func TestHotReload(t *testing.T) {
 		t.Errorf("portcullis_policy_last_reload_success = %v after a failed reload, want 0", got)
 	}
 
+	// Undoing the broken edit brings back the serving files: the reload
+	// succeeds again, though nothing is swapped.
+	writeFiles(t, dir, map[string]string{"route.rego": demoBobOnly})
+	waitFor(t, 2*time.Second, "the undone edit to count as a successful reload", func() bool {
+		return metricValue(t, reg, "portcullis_policy_last_reload_success") == 1
+	})
+	if e.Current().Revision() != rev2 {
+		t.Errorf("revision %s after undoing a broken edit, want %s", e.Current().Revision(), rev2)
+	}
+
 	// An editor's save: write a temporary file, then rename it over the
 	// original, in a new subdirectory created after Run started.
 	if err := os.Remove(filepath.Join(dir, "route.rego")); err != nil {
