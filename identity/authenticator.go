@@ -189,6 +189,23 @@ func (a *Authenticator) OwnsPath(path string) bool {
 	return strings.HasPrefix(path, ownPrefix) || path == PathJWKS
 }
 
+type reportKey struct{}
+
+// WithReport returns r with a place for Handler to report whom it acted
+// for: the caller /me answered, the user /callback signed in (or a
+// hand-over brought in), the user /logout signed out. Handler stores that
+// identity in *dst, which the proxy records in the audit event.
+func WithReport(r *http.Request, dst **Identity) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), reportKey{}, dst))
+}
+
+// report stores id where WithReport asked for it.
+func report(r *http.Request, id *Identity) {
+	if dst, ok := r.Context().Value(reportKey{}).(**Identity); ok && id != nil {
+		*dst = id
+	}
+}
+
 // Handler serves /.portcullis/login, /callback, /logout, /me and the JWKS.
 // The proxy routes those paths to it on every route host and on
 // external_url's host.

@@ -312,6 +312,7 @@ func (a *Authenticator) serveCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.log.Info("identity: signed in", "sub", s.Sub, "provider", s.Provider)
+	report(r, s.identity())
 	target := ls.Return
 	th, tp := splitHost(r.Host)
 	if t, ok := a.returns.check(target, th, tp); ok {
@@ -345,6 +346,7 @@ func (a *Authenticator) serveHandover(w http.ResponseWriter, r *http.Request, co
 		writePage(w, http.StatusInternalServerError, page{Title: "Sign-in failed", Message: "Portcullis could not store the session."})
 		return
 	}
+	report(r, ho.Session.identity())
 	target := "/"
 	if t, ok := a.returns.check(ho.Return, host, port); ok {
 		if tu, err := url.Parse(t); err == nil && tu.Hostname() == host {
@@ -380,6 +382,9 @@ func (a *Authenticator) serveLogout(w http.ResponseWriter, r *http.Request) {
 	}
 	s, _ := a.readSession(r)
 	a.clearSession(w, r)
+	if s != nil {
+		report(r, s.identity())
+	}
 
 	if st := q.Get("state"); st != "" && s == nil {
 		// Back from the provider's end-session endpoint.
@@ -457,6 +462,7 @@ func (a *Authenticator) serveMe(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="portcullis"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthenticated"})
 	default:
+		report(r, id)
 		writeJSON(w, http.StatusOK, id)
 	}
 }

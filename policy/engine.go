@@ -80,6 +80,14 @@ func (e *Engine) Config() Config { return e.cfg }
 // successful Reload.
 func (e *Engine) Current() *Set { return e.current.Load() }
 
+// Revision is the serving set's revision ("" before any set is loaded).
+func (e *Engine) Revision() string {
+	if s := e.current.Load(); s != nil {
+		return s.Revision()
+	}
+	return ""
+}
+
 // Eval decides one request with the current set (see (*Set).Eval). Before
 // any set is loaded it denies with Outcome "error" and ErrNotLoaded.
 func (e *Engine) Eval(ctx context.Context, pkg string, in *Input) Decision {

@@ -34,6 +34,8 @@ type exchange struct {
 	// before response headers arrive.
 	timer    *time.Timer
 	recorded bool
+	// own is set for Portcullis's own endpoints, which no policy decides.
+	own bool
 	// body watches the client's request body on its way upstream; nil
 	// when the request has none.
 	body *watchedBody
@@ -153,17 +155,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 var errUpstreamTimeout = errors.New("proxy: upstream did not answer within the route timeout")
 
-// serveOwn hands /.portcullis/* and the JWKS to the identity handler.
+// serveOwn hands /.portcullis/* and the JWKS to the identity handler. The
+// audit event names the user the endpoint acted for (see
+// identity.WithReport) and no policy: none decides these endpoints.
 func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, x *exchange) {
 	sw := &statusWriter{ResponseWriter: w}
-	x.st.Auth.Handler().ServeHTTP(sw, r)
+	var who *identity.Identity
+	x.st.Auth.Handler().ServeHTTP(sw, identity.WithReport(r, &who))
 	status := sw.status
 	if status == 0 {
 		status = http.StatusOK
 	}
-	dec := audit.DecisionAllow
-	if status == http.StatusUnauthorized {
+	x.who, x.own = who, true
+	var dec string
+	switch {
+	case status == http.StatusUnauthorized:
 		dec = audit.DecisionUnauthenticated
+	case status >= 500:
+		dec = audit.DecisionError
+	case status >= 400:
+		dec = audit.DecisionDeny
+	default:
+		dec = audit.DecisionAllow
 	}
 	// The endpoint already answered; an audit failure is counted and
 	// logged by the recorder.
@@ -251,10 +264,19 @@ func (h *Handler) record(r *http.Request, x *exchange, status int, decision, rea
 	}
 	if x.route != nil {
 		ev.Route = x.route.Name
-		ev.Policy.Package = x.route.Policy
+		if !x.own {
+			ev.Policy.Package = x.route.Policy
+		}
 	}
-	if x.decision.Revision != "" {
+	switch {
+	case x.decision.Revision != "":
 		ev.Policy.Revision = x.decision.Revision
+	case ev.Policy.Package != "":
+		// Decided before the policy ran (sign-in, bad credentials): the
+		// revision that would have decided.
+		if rv, ok := x.st.Policy.(interface{ Revision() string }); ok {
+			ev.Policy.Revision = rv.Revision()
+		}
 	}
 	if x.who != nil && x.who.Authenticated {
 		ev.User = audit.User{Sub: x.who.Sub, Email: x.who.Email, Groups: x.who.Groups,

@@ -358,7 +358,7 @@ func TestAuditE2EEventFields(t *testing.T) {
 		status                   int
 		decision, reason, route  string
 		pkg                      string
-		revision                 bool // a policy was evaluated
+		revision                 bool // the serving policy revision is recorded
 		user                     string
 		forwarded                bool
 		reasonContains           bool
@@ -387,16 +387,22 @@ func TestAuditE2EEventFields(t *testing.T) {
 			aliceWant(want{status: 403, decision: "error", reason: "not a boolean", reasonContains: true, route: "broken", pkg: "portcullis.routes.e2ebroken", revision: true})},
 		{"upstream down", alice, http.MethodGet, "gone.example.test", "/status", nil,
 			aliceWant(want{status: 502, decision: "allow", reason: "upstream unreachable", route: "gone", pkg: "portcullis.routes.e2eallow", revision: true, forwarded: true})},
+		// Portcullis's own endpoints: no policy decides them, the user is
+		// the one they answered for.
+		{"own endpoint", alice, http.MethodGet, "app.example.test", "/.portcullis/me", nil,
+			aliceWant(want{status: 200, decision: "allow", reason: "portcullis endpoint /.portcullis/me", route: "app"})},
+		{"own endpoint, unknown path", alice, http.MethodGet, "app.example.test", "/.portcullis/nope", nil,
+			want{status: 404, decision: "deny", reason: "portcullis endpoint /.portcullis/nope", route: "app"}},
 		// The external URL's host has a certificate but no route: a host
 		// without a certificate fails in the TLS handshake, before HTTP.
 		{"no route (404)", anon, http.MethodGet, "auth.example.test", "/missing", nil,
 			want{status: 404, decision: "deny", reason: "no route for this host and path"}},
 		{"sign-in redirect", anon, http.MethodGet, "app.example.test", "/private", map[string]string{"Accept": "text/html"},
-			want{status: 302, decision: "unauthenticated", reason: "sign-in required: redirected to the identity provider", route: "app", pkg: "portcullis.routes.e2eallow"}},
+			want{status: 302, decision: "unauthenticated", reason: "sign-in required: redirected to the identity provider", route: "app", pkg: "portcullis.routes.e2eallow", revision: true}},
 		{"sign-in required (401)", anon, http.MethodGet, "app.example.test", "/api/v1", nil,
-			want{status: 401, decision: "unauthenticated", reason: "sign-in required", route: "app", pkg: "portcullis.routes.e2eallow"}},
+			want{status: 401, decision: "unauthenticated", reason: "sign-in required", route: "app", pkg: "portcullis.routes.e2eallow", revision: true}},
 		{"invalid bearer token", anon, http.MethodGet, "app.example.test", "/api/v1", map[string]string{"Authorization": "Bearer " + aeSecretBearer},
-			want{status: 401, decision: "unauthenticated", reason: "invalid credentials", route: "app", pkg: "portcullis.routes.e2eallow"}},
+			want{status: 401, decision: "unauthenticated", reason: "invalid credentials", route: "app", pkg: "portcullis.routes.e2eallow", revision: true}},
 	}
 
 	type sent struct {
@@ -566,8 +572,10 @@ func TestAuditE2EEventFields(t *testing.T) {
 			if d.Total <= 0 || d.Authn < 0 || d.Policy < 0 || d.Upstream < 0 || d.Upstream > d.Total || d.Policy > d.Total {
 				t.Errorf("duration_ms %+v: want total > 0, every phase >= 0 and within total", d)
 			}
-			if (d.Policy > 0) != w.revision {
-				t.Errorf("duration_ms.policy = %v; a policy was evaluated: %v", d.Policy, w.revision)
+			// Requests refused before the policy (sign-in) record the
+			// revision serving but spend no time in it.
+			if evaluated := w.revision && w.decision != "unauthenticated"; (d.Policy > 0) != evaluated {
+				t.Errorf("duration_ms.policy = %v; a policy was evaluated: %v", d.Policy, evaluated)
 			}
 			if (d.Upstream > 0) != w.forwarded {
 				t.Errorf("duration_ms.upstream = %v; forwarded: %v", d.Upstream, w.forwarded)
@@ -597,12 +605,14 @@ func TestAuditE2EEventFields(t *testing.T) {
 		return nil
 	})
 
-	// The CLI reads the same events back: deny and 404 are the two denials.
+	// The CLI reads the same events back: deny and the two 404s are the
+	// denials.
 	code, stdout, stderr := runAuditT(t, "query", "--pulsar", brokerURL, "--topic", topic, "--decision", "deny", "--output", "jsonl")
 	if code != exitOK {
 		t.Fatalf("audit query: exit %d: %s", code, stderr)
 	}
-	if got, want := jsonlIDs(t, stdout), []string{byID[sentBy["deny"].id][0].Event.ID, byID[sentBy["no route (404)"].id][0].Event.ID}; !slices.Equal(got, want) {
+	if got, want := jsonlIDs(t, stdout), []string{byID[sentBy["deny"].id][0].Event.ID,
+		byID[sentBy["own endpoint, unknown path"].id][0].Event.ID, byID[sentBy["no route (404)"].id][0].Event.ID}; !slices.Equal(got, want) {
 		t.Errorf("audit query --decision deny printed %v, want %v", got, want)
 	}
 	aeVerify(t, brokerURL, topic, 1, len(msgs))
