@@ -11,9 +11,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The hash chain.
@@ -181,16 +183,47 @@ func plainJSON(s string) bool {
 }
 
 // normalize prepares a caller's event for sealing: schema, UTC time at
-// microsecond precision, and [] rather than null for groups.
+// microsecond precision, [] rather than null for groups, and valid UTF-8 in
+// every string (see validUTF8).
 func normalize(ev *Event, now time.Time) {
 	ev.Schema = SchemaVersion
 	if ev.Time.IsZero() {
 		ev.Time = now
 	}
 	ev.Time = ev.Time.UTC().Truncate(time.Microsecond)
+	for _, f := range []*string{&ev.RequestID, &ev.Decision, &ev.Reason, &ev.Route, &ev.Policy.Package, &ev.Policy.Revision,
+		&ev.User.Sub, &ev.User.Email, &ev.User.Provider, &ev.User.AuthMethod,
+		&ev.Request.Method, &ev.Request.Host, &ev.Request.Path, &ev.Request.RemoteAddr, &ev.Request.UserAgent} {
+		*f = validUTF8(*f)
+	}
 	if ev.User.Groups == nil {
 		ev.User.Groups = []string{}
 	}
+	for i, g := range ev.User.Groups {
+		if v := validUTF8(g); v != g {
+			// The caller's slice (an identity's groups) is not ours to edit.
+			gs := slices.Clone(ev.User.Groups)
+			for j := i; j < len(gs); j++ {
+				gs[j] = validUTF8(gs[j])
+			}
+			ev.User.Groups = gs
+			break
+		}
+	}
+}
+
+// validUTF8 replaces each run of bytes that are not UTF-8 (a client's
+// User-Agent or path can hold any) with U+FFFD. Encoding such a string,
+// encoding/json writes the escape \ufffd, which decodes to U+FFFD, which
+// encodes as itself: the event a verifier decodes and re-encodes would not
+// be the bytes that were hashed, and the chain would break at an
+// untampered event. Valid strings are returned as they are, without
+// allocating.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // ChainState is where an instance's chain stands: the Seq and Hash of its

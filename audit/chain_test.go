@@ -131,3 +131,46 @@ func TestChainStatePersists(t *testing.T) {
 		t.Errorf("other instance got %+v, want a fresh chain", st)
 	}
 }
+
+// TestChainSurvivesAnyBytes: whatever bytes a client puts in the strings
+// an event records (User-Agent, path, host), the sealed event decodes and
+// re-encodes to the bytes that were hashed, so an untampered chain
+// verifies. (Invalid UTF-8 used to be written as the escape \ufffd, which
+// re-encodes as the raw character: the chain broke at that event and hid
+// later tampering.)
+func TestChainSurvivesAnyBytes(t *testing.T) {
+	for _, s := range append(trickyStrings, "\xff", "ab\xc0\xaecd", "/nope/\xff", "\xed\xa0\x80", "a\x00b\x7f", "\xf4\x90\x80\x80") {
+		checkRoundTrip(t, s)
+	}
+}
+
+func FuzzChainSurvivesAnyBytes(f *testing.F) {
+	for _, s := range trickyStrings {
+		f.Add(s)
+	}
+	f.Fuzz(checkRoundTrip)
+}
+
+func checkRoundTrip(t *testing.T, s string) {
+	t.Helper()
+	ev := sampleEvent()
+	ev.RequestID, ev.Reason, ev.Route, ev.Request.Path, ev.Request.UserAgent, ev.Request.Host = s, s, s, s, s, s
+	ev.User = User{Sub: s, Email: s, Groups: []string{"ok", s}, Provider: s, AuthMethod: s}
+	ev.Policy = PolicyRef{Package: s, Revision: s}
+	groups := ev.User.Groups
+	normalize(ev, time.Now())
+	if groups[1] != s {
+		t.Fatalf("normalize edited the caller's groups slice")
+	}
+	data, err := seal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Event
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := ComputeHash(&back); err != nil || h != ev.Hash {
+		t.Fatalf("%q: hash after decoding %s (%v), sealed %s\n%s", s, h, err, ev.Hash, data)
+	}
+}
