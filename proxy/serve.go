@@ -62,6 +62,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.id = newRequestID()
 	}
 	w.Header().Set(HeaderRequestID, x.id)
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// A chunked request may also have carried a Content-Length, which
+		// net/http drops without a trace (RFC 9112 §6.1: the
+		// Transfer-Encoding wins, and the server MUST close the
+		// connection after responding). A front end that framed it by the
+		// Content-Length would take what follows the chunked body for part
+		// of it, not for a request of its own (CL.TE desync): close the
+		// connection after every chunked request, so that nothing after
+		// its body is read.
+		w.Header().Set("Connection", "close")
+	}
 	if st.HSTS != "" && r.TLS != nil {
 		w.Header().Set("Strict-Transport-Security", st.HSTS)
 	}
