@@ -328,12 +328,17 @@ func NewFileSource(path string, opts FileSourceOptions) *FileSource {
 }
 
 // Read calls fn for every event with Time in [f.Since, f.Until) in the
-// files as they are when Read reaches them.
+// files as they are when Read reaches them. When neither the live file nor
+// a rotated one exists, Read fails with an error naming the path that
+// wraps fs.ErrNotExist: a mistyped path is not an empty audit trail. A
+// directory at the path is an error too.
 func (s *FileSource) Read(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error {
 	return s.read(ctx, f, fn, false)
 }
 
-// Follow is Read that then waits for new events until ctx is done.
+// Follow is Read that then waits for new events until ctx is done. A live
+// file that does not exist yet is waited for (a sink creates it when it
+// opens), so Follow does not fail for a missing file.
 func (s *FileSource) Follow(ctx context.Context, f Filter, fn func(*Event) (bool, error)) error {
 	return s.read(ctx, f, fn, true)
 }
@@ -401,7 +406,10 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 	if errors.Is(err, fs.ErrNotExist) && follow {
 		t = &tail{path: s.path}
 	} else if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		if len(files) > 0 {
+			return nil // between a rotation's rename and the new live file
+		}
+		return noFileError{s.path}
 	} else if err != nil {
 		return err
 	}
@@ -496,6 +504,15 @@ func (s *FileSource) readRotatedBetween(ctx context.Context, done, next os.FileI
 	return true, nil
 }
 
+// noFileError is a FileSource path with neither a live nor a rotated file.
+type noFileError struct{ path string }
+
+func (e noFileError) Error() string {
+	return fmt.Sprintf("audit: file source: no audit file at %s (nor a rotated %s.N)", e.path, e.path)
+}
+
+func (e noFileError) Is(target error) bool { return target == fs.ErrNotExist }
+
 // tail reads complete lines of one file, remembering where it stopped.
 type tail struct {
 	path  string
@@ -516,6 +533,10 @@ func openTail(path string) (*tail, error) {
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("audit: file source: %w", err)
+	}
+	if fi.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("audit: file source: %s is a directory, not an audit file", path)
 	}
 	return &tail{path: path, f: f, info: fi, r: bufio.NewReaderSize(f, 256<<10)}, nil
 }

@@ -3,8 +3,11 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -265,5 +268,71 @@ func TestFileSourceReadsFilesRotatedBetween(t *testing.T) {
 	}
 	if len(got) != 1 || got[0] != 1 {
 		t.Errorf("before .1: read seqs %v, want [1]", got)
+	}
+}
+
+// Reading a path that holds no audit file is an error naming the path,
+// not an empty trail; a directory is not an audit file either.
+func TestFileSourceMissingOrDirectory(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.jsonl")
+	noop := func(*Event) (bool, error) { return true, nil }
+	err := NewFileSource(missing, FileSourceOptions{}).Read(context.Background(), Filter{}, noop)
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("Read of a missing file: err = %v, want fs.ErrNotExist naming %s", err, missing)
+	}
+	for _, follow := range []bool{false, true} {
+		src := NewFileSource(dir, FileSourceOptions{Poll: time.Millisecond})
+		read := src.Read
+		if follow {
+			read = src.Follow
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := read(ctx, Filter{}, noop)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "directory") {
+			t.Errorf("follow %v of a directory: err = %v, want one naming %s as a directory", follow, err, dir)
+		}
+	}
+
+	// Between a rotation's rename and the new live file, only rotated
+	// files exist: they are read, and that is no error.
+	path := filepath.Join(dir, "audit.jsonl")
+	evs := encodedChain(t, "a", 1)
+	if err := os.WriteFile(path+".1", append(evs[0].Data, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := readSource(t, NewFileSource(path, FileSourceOptions{}), Filter{}); len(got) != 1 {
+		t.Errorf("read %d events from the rotated file alone, want 1", len(got))
+	}
+
+	// Follow waits for a file that does not exist yet.
+	late := filepath.Join(dir, "late.jsonl")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan uint64, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- NewFileSource(late, FileSourceOptions{Poll: time.Millisecond}).Follow(ctx, Filter{}, func(ev *Event) (bool, error) {
+			got <- ev.Seq
+			return false, nil
+		})
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := os.WriteFile(late, append(evs[0].Data, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case seq := <-got:
+		if seq != 1 {
+			t.Errorf("followed seq %d, want 1", seq)
+		}
+	case err := <-done:
+		t.Fatalf("Follow of a file not yet there returned %v before it appeared", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Follow did not pick up the file once it appeared")
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Follow: %v", err)
 	}
 }

@@ -26,7 +26,9 @@ Commands:
 
 Source (one of):
   --pulsar URL --topic T [--token-file F] [--tls-trust-certs-file F]
-  --file PATH               the JSONL file sink (rotated files are read too)
+  --file PATH               the JSONL file sink (rotated files are read too);
+                            query and verify fail when there is no file at
+                            PATH, tail waits for it to appear
   --config FILE             the audit sink of a Portcullis configuration
 
 Run "portcullis audit COMMAND --help" for every flag.
@@ -275,7 +277,8 @@ func runAuditQuery(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 func runAuditTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var a auditFlags
-	fs := newFlagSet("audit tail", "audit tail [source] [--since DUR|TIME] [--until TIME] [--user SUB|EMAIL] [--route NAME] [--decision D] [--limit N] [--output table|json|jsonl]", stderr)
+	fs := newFlagSet("audit tail", "audit tail [source] [--since DUR|TIME] [--until TIME] [--user SUB|EMAIL] [--route NAME] [--decision D] [--limit N] [--output table|json|jsonl]\n\n"+
+		"With --file, a file that does not exist yet is waited for (query and verify fail instead).", stderr)
 	a.register(fs, withFilters|withOutput)
 	f, src, code := prepare(fs, &a, args, stderr)
 	if code >= 0 {

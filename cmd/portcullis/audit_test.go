@@ -167,6 +167,38 @@ func TestAuditUsage(t *testing.T) {
 	}
 }
 
+// query and verify of a --file path with no audit file there fail with one
+// line naming the path (a mistyped path is not an empty trail), and so
+// does a directory, for every audit command.
+func TestAuditFileNotThere(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.jsonl")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"query", "--file", missing}, missing},
+		{[]string{"verify", "--file", missing}, missing},
+		{[]string{"query", "--file", dir}, dir + " is a directory"},
+		{[]string{"verify", "--file", dir}, dir + " is a directory"},
+		{[]string{"tail", "--file", dir}, dir + " is a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runAuditT(t, tt.args...)
+			if code != exitFail {
+				t.Fatalf("exit %d, want %d (stdout %q, stderr %q)", code, exitFail, stdout, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) || strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+				t.Errorf("stderr %q, want one line containing %q", stderr, tt.want)
+			}
+			if strings.Contains(stdout, "ok") {
+				t.Errorf("stdout %q reports success", stdout)
+			}
+		})
+	}
+}
+
 func TestParseWhen(t *testing.T) {
 	now := time.Date(2026, 11, 26, 17, 0, 0, 0, time.UTC)
 	tests := []struct {
