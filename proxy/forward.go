@@ -80,6 +80,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 
 	scrubClientHeaders(out.Header, x.client.Trusted)
 	x.st.Auth.StripCredentials(out.Header)
+	// Only WebSocket upgrades become tunnels. Any other (h2c above all)
+	// would let the client send further requests inside the tunnel, which
+	// no policy decides and no audit event records: the request goes on
+	// as a plain one, and an upstream that switches protocols anyway gets
+	// a 502.
+	if up := out.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
+		out.Header.Del("Upgrade")
+		out.Header.Del("Connection")
+	}
 	if out.Body != nil && out.Body != http.NoBody {
 		// Bodies stream: a malformed one (a bad chunk size, a framing
 		// trick) shows only once forwarding has begun. Remember why it
@@ -97,6 +106,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 	pr.SetXForwarded()
 	out.Header.Set("X-Forwarded-Proto", x.client.Proto)
 	out.Header.Set("X-Forwarded-Host", x.client.Host)
+	out.Header.Set("X-Real-Ip", x.client.Addr)
 	out.Header.Set(HeaderRequestID, x.id)
 
 	if x.who != nil && x.who.Authenticated {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -50,31 +51,77 @@ func isIdentityHeader(name string) bool {
 	return true
 }
 
+// foreignIdentityHeaders are (lower case, '_' read as '-') the names and
+// name prefixes other identity-aware proxies and platforms use to tell a
+// backend who the user is (oauth2-proxy, Pomerium, Cloudflare Access,
+// Google IAP, AWS ALB, Azure App Service, Apache's REMOTE_USER, Grafana's
+// auth proxy). A backend moved behind Portcullis may still trust one of
+// them, so no client gets to send them, through a trusted proxy or not.
+var foreignIdentityHeaders = []string{
+	"x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
+	"x-forwarded-access-token", "x-auth-request-", "x-pomerium-", "cf-access-", "x-goog-authenticated-user-",
+	"x-goog-iap-", "x-amzn-oidc-", "x-ms-client-principal", "remote-user", "x-remote-user", "x-remote-group",
+	"x-remote-email", "x-webauth-", "x-authenticated-user", "x-authenticated-groups",
+}
+
+// clientAddrHeaders carry the client's address as some front end saw it.
+// Only a trusted proxy's are believed (and kept); Portcullis sets
+// X-Real-Ip itself.
+var clientAddrHeaders = []string{
+	"x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip",
+	"x-cluster-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "client-ip",
+}
+
 // scrubClientHeaders removes every client-supplied header that only
 // Portcullis may set. h is the outgoing request's header; hop-by-hop headers
 // (and names listed in Connection) have already been removed by
-// httputil.ReverseProxy before Rewrite runs.
+// httputil.ReverseProxy before Rewrite runs. Names are compared case
+// insensitively with '_' read as '-' (CGI, PHP and some Python servers turn
+// both into '_', so "X_Real_IP" reaches the application as X-Real-IP):
+//   - Portcullis's own X-Portcullis-* and the path overrides some frameworks
+//     honour, always;
+//   - other identity-aware proxies' identity headers, always;
+//   - from a client that is not a trusted proxy, also every X-Forwarded-*
+//     (Portcullis sets For, Proto and Host itself), Forwarded, X-Request-Id
+//     and the client-address headers.
 func scrubClientHeaders(h http.Header, trusted bool) {
 	for name := range h {
-		if isIdentityHeader(name) {
-			delete(h, name)
-		}
-	}
-	for _, name := range pathOverrideHeaders {
-		h.Del(name)
-	}
-	if !trusted {
-		h.Del("Forwarded")
-		h.Del(HeaderRequestID)
-	}
-	// Names that Go does not canonicalize (with '_' or odd characters)
-	// may also carry a request id or forwarding spoof.
-	for name := range h {
 		l := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-		if l != strings.ToLower(name) && (strings.HasPrefix(l, "x-forwarded-") || l == "x-request-id" || l == "x-real-ip") {
+		drop := isIdentityHeader(name) || slices.Contains(pathOverrideLower, l) || hasAnyPrefix(l, foreignIdentityHeaders) ||
+			l == "http2-settings"
+		if !trusted {
+			drop = drop || strings.HasPrefix(l, "x-forwarded-") || l == "forwarded" || l == "x-request-id" ||
+				slices.Contains(clientAddrHeaders, l)
+		} else if l != strings.ToLower(name) {
+			// A trusted proxy's headers come with canonical names; one
+			// with '_' is the client's, passed along.
+			drop = drop || strings.HasPrefix(l, "x-forwarded-") || l == "forwarded" || l == "x-request-id" ||
+				slices.Contains(clientAddrHeaders, l)
+		}
+		if drop {
 			delete(h, name)
 		}
 	}
+}
+
+// pathOverrideLower is pathOverrideHeaders in lower case.
+var pathOverrideLower = func() []string {
+	out := make([]string, len(pathOverrideHeaders))
+	for i, n := range pathOverrideHeaders {
+		out[i] = strings.ToLower(n)
+	}
+	return out
+}()
+
+// hasAnyPrefix reports whether s starts with one of prefixes (a whole name
+// counts as its own prefix).
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // clientInfo is what Portcullis believes about the client, given which

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -190,6 +191,18 @@ func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
 		"X-Portcullis_Groups", "X_PORTCULLIS_ASSERTION", "X-Portcullis-Admin", "X-Portcullis-Anything",
 		"x-pORTCULLIS-gROUPS", "X-Portcullis-User-Id", "X-Portcullis", "X-Original-URL", "X-Rewrite-URL",
 		"X-Forwarded-Uri", "Forwarded", "X-Request-Id", "X_Forwarded_For", "X-Original-Uri",
+		// Client addresses and other forwarding headers (X-Real-Ip is
+		// Portcullis's own), whatever their spelling.
+		"X-Real-IP", "X-Real-Ip", "X_Real_IP", "X-Client-IP", "True-Client-IP", "CF-Connecting-IP",
+		"Fastly-Client-IP", "X-Forwarded-Port", "X-Forwarded-Server", "X-Forwarded-Ssl", "X-Forwarded-Scheme",
+		"X-Forwarded-Client-Cert", "X-Forwarded-Prefix",
+		// Other identity-aware proxies' identity headers.
+		"X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
+		"X-Forwarded-Access-Token", "X-Auth-Request-User", "X-Auth-Request-Email", "Remote-User", "Remote_User",
+		"X-Remote-User", "X-Pomerium-Jwt-Assertion", "X-Pomerium-Claim-Email", "Cf-Access-Jwt-Assertion",
+		"Cf-Access-Authenticated-User-Email", "X-Goog-Iap-Jwt-Assertion", "X-Goog-Authenticated-User-Email",
+		"X-Amzn-Oidc-Data", "X-Amzn-Oidc-Identity", "X-Ms-Client-Principal-Name", "X-Webauth-User",
+		"Http2-Settings",
 	}
 	for _, authed := range []bool{false, true} {
 		for _, name := range variants {
@@ -378,11 +391,15 @@ func TestDecisionsAndStatuses(t *testing.T) {
 
 func TestForwardedHeadersFromUntrustedClientsAreReplaced(t *testing.T) {
 	ps, seen, rec, _ := newTestProxy(t, nil)
-	hdr := http.Header{"Authorization": {"Test alice"}, "X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Host": {"evil.test"}, "X-Forwarded-Proto": {"http"}}
+	hdr := http.Header{"Authorization": {"Test alice"}, "X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Host": {"evil.test"}, "X-Forwarded-Proto": {"http"},
+		"X-Real-Ip": {"6.6.6.6"}}
 	do(t, ps, "GET", "app.test", "/", hdr)
 	r := seen.last()
 	if got := r.Header.Get("X-Forwarded-For"); got != "127.0.0.1" {
 		t.Errorf("X-Forwarded-For = %q, want 127.0.0.1", got)
+	}
+	if got := r.Header.Values("X-Real-Ip"); len(got) != 1 || got[0] != "127.0.0.1" {
+		t.Errorf("X-Real-Ip = %q, want Portcullis's 127.0.0.1", got)
 	}
 	if r.Header.Get("X-Forwarded-Host") != "app.test" || r.Header.Get("X-Forwarded-Proto") != "https" {
 		t.Errorf("X-Forwarded-Host/Proto = %q/%q", r.Header.Get("X-Forwarded-Host"), r.Header.Get("X-Forwarded-Proto"))
@@ -520,5 +537,48 @@ func TestAuditPath(t *testing.T) {
 		if got := auditPath(in); got != want {
 			t.Errorf("auditPath(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestOnlyWebSocketUpgradesBecomeTunnels: an h2c upgrade (or any but
+// WebSocket) would let the client send requests inside the tunnel that no
+// policy decides. The upstream never sees the upgrade; one that switches
+// protocols anyway gets the client a 502, not a tunnel.
+func TestOnlyWebSocketUpgradesBecomeTunnels(t *testing.T) {
+	for _, always := range []bool{false, true} {
+		t.Run(fmt.Sprintf("upstream switches regardless=%v", always), func(t *testing.T) {
+			var sawUpgrade atomic.Bool
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Upgrade") != "" || r.Header.Get("Http2-Settings") != "" {
+					sawUpgrade.Store(true)
+				}
+				if r.Header.Get("Upgrade") == "" && !always {
+					io.WriteString(w, "plain")
+					return
+				}
+				conn, brw, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\ntunnel open")
+				brw.Flush()
+			}))
+			defer up.Close()
+			ps, _, _, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL}})
+			hdr := http.Header{"Authorization": {"Test alice"}, "Connection": {"Upgrade, HTTP2-Settings"},
+				"Upgrade": {"h2c"}, "Http2-Settings": {"AAMAAABkAARAAAAAAAIAAAAA"}}
+			resp, body := do(t, ps, "GET", "app.test", "/", hdr)
+			if sawUpgrade.Load() {
+				t.Error("the upstream received the h2c upgrade")
+			}
+			want := 200
+			if always {
+				want = http.StatusBadGateway
+			}
+			if resp.StatusCode != want || (!always && body != "plain") {
+				t.Errorf("status %d %q, want %d (never 101: no tunnel)", resp.StatusCode, body, want)
+			}
+		})
 	}
 }
