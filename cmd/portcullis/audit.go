@@ -101,10 +101,7 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
 // check validates flag combinations and values.
-func (a *auditFlags) check(fs *flag.FlagSet) error {
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
+func (a *auditFlags) check() error {
 	n := 0
 	for _, s := range []string{a.pulsarURL, a.file, a.config} {
 		if s != "" {
@@ -207,7 +204,7 @@ func prepare(fs *flag.FlagSet, a *auditFlags, args []string, stderr io.Writer) (
 	}
 	f, err := a.filter(time.Now())
 	if err == nil {
-		err = a.check(fs)
+		err = a.check()
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "portcullis %s: %v\n", fs.Name(), err)

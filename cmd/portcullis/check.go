@@ -18,7 +18,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	if *path == "" || fs.NArg() > 0 {
+	if *path == "" {
 		fmt.Fprintln(stderr, "portcullis check: --config FILE is required")
 		return exitUsage
 	}

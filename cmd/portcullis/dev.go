@@ -52,10 +52,6 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "portcullis dev: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
-	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	d, err := startDev(ctx, devSettings{
 		Listen: *listen, Pulsar: *pulsarURL, Data: *dataDir, Policies: *policyDir, Logger: log,

@@ -67,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usageText)
 		return exitOK
 	case "--version", "-version":
-		return runVersion(ctx, nil, stdout, stderr)
+		return runVersion(ctx, args[1:], stdout, stderr)
 	}
 	cmd, ok := commands()[args[0]]
 	if !ok {
@@ -89,9 +89,24 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args and maps the outcome to an exit status: -1 to go
-// on, exitOK after --help, exitUsage for bad flags.
+// parseFlags parses the args of a command that takes no positional
+// arguments and maps the outcome to an exit status: -1 to go on, exitOK
+// after --help, exitUsage for bad flags or an argument left over (named on
+// stderr: `check --config a.yaml extra` is about "extra", not --config).
 func parseFlags(fs *flag.FlagSet, args []string) int {
+	if code := parseFlagsAndArgs(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "portcullis %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitUsage
+	}
+	return -1
+}
+
+// parseFlagsAndArgs is parseFlags for a command that takes positional
+// arguments (fs.Args()).
+func parseFlagsAndArgs(fs *flag.FlagSet, args []string) int {
 	err := fs.Parse(args)
 	switch {
 	case err == nil:

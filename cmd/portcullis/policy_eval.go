@@ -60,7 +60,7 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	if *cfgPath == "" || *rawURL == "" || fs.NArg() > 0 {
+	if *cfgPath == "" || *rawURL == "" {
 		fmt.Fprintln(stderr, "portcullis policy eval: --config FILE and --url URL are required")
 		return exitUsage
 	}

@@ -22,7 +22,7 @@ func runPolicyTest(ctx context.Context, args []string, stdout, stderr io.Writer)
 	// Flags may follow the directories, as with `opa test DIR -v`.
 	var dirs []string
 	for {
-		if code := parseFlags(fs, args); code >= 0 {
+		if code := parseFlagsAndArgs(fs, args); code >= 0 {
 			return code
 		}
 		if fs.NArg() == 0 {
