@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // ErrBadTarget is a request target that Portcullis refuses to interpret,
@@ -30,7 +31,10 @@ type Target struct {
 // different HTTP stacks are known to interpret differently: targets that are
 // not in origin form, encoded slashes and backslashes, raw backslashes, NUL,
 // CR/LF and other control characters, a raw '#', invalid or double percent
-// encoding of delimiters, and Tomcat-style "..;" segments. Dot segments are
+// encoding (%25 followed by two hex digits), path parameters (';', raw or
+// encoded: servlet containers cut them off), segments ending in a dot or a
+// space (Windows servers drop those), and escapes whose bytes are not UTF-8
+// (overlong forms of '.' and '/'). Dot segments are
 // resolved and runs of slashes merged, after decoding escapes of unreserved
 // characters (so "/%2e%2e/" is a dot segment, as a backend would see it).
 func ParseTarget(r *http.Request) (Target, error) {
@@ -66,6 +70,11 @@ func ParseTarget(r *http.Request) (Target, error) {
 	if err != nil {
 		return Target{}, fmt.Errorf("%w: %v", ErrBadTarget, err)
 	}
+	if !utf8.ValidString(decoded) {
+		// Overlong forms such as %C0%AE ('.') and stray bytes: some
+		// decoders map them to ASCII, others reject them.
+		return Target{}, fmt.Errorf("%w: escapes that are not UTF-8", ErrBadTarget)
+	}
 	return Target{Path: decoded, RawPath: escaped, RawQuery: rawQuery}, nil
 }
 
@@ -91,10 +100,10 @@ func NormalizePath(raw string) (string, error) {
 			case v < 0x20 || v == 0x7f:
 				return "", fmt.Errorf("%w: encoded control character", ErrBadTarget)
 			case v == '%' && i+4 < len(raw) && ishex(raw[i+3]) && ishex(raw[i+4]):
-				inner := unhex(raw[i+3])<<4 | unhex(raw[i+4])
-				if strings.IndexByte("./\\%#?;", inner) >= 0 || inner < 0x20 {
-					return "", fmt.Errorf("%w: double percent-encoding", ErrBadTarget)
-				}
+				// %25XX: a server that decodes twice reads XX's byte.
+				return "", fmt.Errorf("%w: double percent-encoding", ErrBadTarget)
+			case v == ';':
+				return "", fmt.Errorf("%w: path parameter (';')", ErrBadTarget)
 			}
 			if unreserved(v) {
 				b.WriteByte(v)
@@ -108,6 +117,10 @@ func NormalizePath(raw string) (string, error) {
 			return "", fmt.Errorf("%w: backslash in path", ErrBadTarget)
 		case c == '#':
 			return "", fmt.Errorf("%w: raw '#' in request target", ErrBadTarget)
+		case c == ';':
+			// Servlet containers and Spring cut "/admin;x" to "/admin",
+			// which no prefix rule for /admin would see.
+			return "", fmt.Errorf("%w: path parameter (';')", ErrBadTarget)
 		case c < 0x21 || c >= 0x7f:
 			return "", fmt.Errorf("%w: control, space or non-ASCII byte in path", ErrBadTarget)
 		default:
@@ -130,8 +143,10 @@ func cleanSegments(p string) (string, error) {
 			if len(out) > 0 {
 				out = out[:len(out)-1]
 			}
-		case strings.HasPrefix(s, "..;") || strings.HasPrefix(s, ".;"):
-			return "", fmt.Errorf("%w: dot segment with path parameter", ErrBadTarget)
+		case strings.HasSuffix(s, ".") || strings.HasSuffix(s, "%20"):
+			// Windows servers drop trailing dots and spaces: "/admin." and
+			// "/admin%20" are "/admin" there.
+			return "", fmt.Errorf("%w: path segment ending in a dot or space", ErrBadTarget)
 		default:
 			out = append(out, s)
 		}

@@ -27,3 +27,12 @@ test_matches if {
 	paths.matches("/api/*/reports/**") with input.request.path as "/api/v1/reports/2026/q3"
 	not paths.matches("/api/*/reports/**") with input.request.path as "/api/v1/x/reports/q3"
 }
+
+test_under_any_case if {
+	every p in ["/admin", "/ADMIN", "/Admin/users", "/aDmIn/"] {
+		paths.under_any_case("/admin") with input.request.path as p
+	}
+	paths.under_any_case("/Admin/") with input.request.path as "/admin/x"
+	not paths.under_any_case("/admin") with input.request.path as "/ADMINISTRATOR"
+	not paths.under("/admin") with input.request.path as "/ADMIN"
+}
