@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/portcullis/portcullis/audit"
@@ -119,8 +120,14 @@ func startDev(ctx context.Context, s devSettings) (_ *devStack, err error) {
 		return ln, nil
 	}
 	httpsLn, err := bind("--listen", s.Listen)
-	if err != nil {
+	var addrErr *net.AddrError
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
 		return nil, fmt.Errorf("%w (is another portcullis dev running? pick another port with --listen 127.0.0.1:PORT)", err)
+	case errors.As(err, &addrErr):
+		return nil, fmt.Errorf("%w (give HOST:PORT, such as %s)", err, devDefaultListen)
+	case err != nil:
+		return nil, err
 	}
 	adminLn, err := bind("admin listener", "127.0.0.1:0")
 	if err != nil {

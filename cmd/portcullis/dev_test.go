@@ -320,4 +320,18 @@ func TestDevFlags(t *testing.T) {
 	if msg := errOut.String(); !strings.Contains(msg, "--listen") || strings.Count(strings.TrimSpace(msg), "\n") > 0 {
 		t.Errorf("busy port message = %q, want one line naming --listen", msg)
 	}
+	if msg := errOut.String(); !strings.Contains(msg, "another portcullis dev running") {
+		t.Errorf("busy port message = %q, want the hint that another dev may be running", msg)
+	}
+	// A malformed address is not a busy port: no such hint.
+	for _, addr := range []string{"bogus", "127.0.0.1:99999", "192.0.2.1:0"} {
+		out.Reset()
+		errOut.Reset()
+		if got := runDev(context.Background(), []string{"--listen", addr, "--data", t.TempDir()}, &out, &errOut); got != exitFail {
+			t.Errorf("dev --listen %s: exit %d, want 1", addr, got)
+		}
+		if msg := errOut.String(); !strings.Contains(msg, "--listen") || strings.Contains(msg, "another portcullis dev") {
+			t.Errorf("dev --listen %s: message = %q, want one naming --listen without the busy-port hint", addr, msg)
+		}
+	}
 }
