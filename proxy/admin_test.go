@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,8 +28,9 @@ import (
 // real certificate manager (self-signed) and the real audit pipeline (file
 // sink, best-effort mode) in a temporary directory.
 type adminServer struct {
-	https, admin string
-	pipeline     *audit.Pipeline
+	https, admin, http string
+	pipeline           *audit.Pipeline
+	auditFile          string
 }
 
 func startAdminServer(t *testing.T, routes []Route) *adminServer {
@@ -79,13 +82,14 @@ func startAdminServer(t *testing.T, routes []Route) *adminServer {
 	}
 	httpsLn, _ := net.Listen("tcp", "127.0.0.1:0")
 	adminLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	httpLn, _ := net.Listen("tcp", "127.0.0.1:0")
 	srv := &Server{
 		Handler: h, TLS: cm, Server: srvCfg, Logger: log, Gatherer: reg,
 		Ready: map[string]Check{
 			"config": func(context.Context) error { return nil },
 			"audit":  func(context.Context) error { return pl.Ready() },
 		},
-		HTTPSListener: httpsLn, AdminListener: adminLn,
+		HTTPSListener: httpsLn, AdminListener: adminLn, HTTPListener: httpLn,
 	}
 	started := srv.Started()
 	done := make(chan error, 1)
@@ -104,7 +108,8 @@ func startAdminServer(t *testing.T, routes []Route) *adminServer {
 		<-plDone
 		cm.Close()
 	})
-	return &adminServer{https: httpsLn.Addr().String(), admin: adminLn.Addr().String(), pipeline: pl}
+	return &adminServer{https: httpsLn.Addr().String(), admin: adminLn.Addr().String(), http: httpLn.Addr().String(),
+		pipeline: pl, auditFile: acfg.File.Path}
 }
 
 func (s *adminServer) client() *http.Client {
@@ -264,5 +269,66 @@ func TestAdminEndpoints(t *testing.T) {
 	// Liveness does not depend on readiness.
 	if code, body := adminGet(t, admin+"/healthz"); code != 200 {
 		t.Errorf("/healthz while unready = %d %s", code, body)
+	}
+}
+
+// event returns the audit event of request id, once the file sink has it.
+func (s *adminServer) event(t *testing.T, id string) audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(s.auditFile)
+		for _, line := range strings.Split(string(b), "\n") {
+			var ev audit.Event
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.RequestID == id {
+				return ev
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no audit event for request %s", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPlainHTTPAndOptionsStarAreAudited: answers on listen.http (the
+// redirect to https) and to "OPTIONS *" carry an X-Request-Id and are
+// audited, like every request that reaches Portcullis.
+func TestPlainHTTPAndOptionsStarAreAudited(t *testing.T) {
+	s := startAdminServer(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: "http://127.0.0.1:9", Policy: "portcullis.routes.app"}})
+	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", "http://"+s.http+"/docs?x=1", nil)
+	req.Host = "app.test"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-Id")
+	if resp.StatusCode != http.StatusPermanentRedirect || id == "" || resp.Header.Get("Location") != "https://app.test/docs?x=1" {
+		t.Fatalf("plain HTTP: %d, X-Request-Id %q, Location %q; want 308 to https with a request id", resp.StatusCode, id, resp.Header.Get("Location"))
+	}
+	ev := s.event(t, id)
+	if ev.Decision != "allow" || ev.Response.Status != 308 || ev.Route != "app" || ev.Request.Path != "/docs" || ev.Reason != "plain HTTP: redirected to https" {
+		t.Errorf("plain HTTP event: %+v", ev)
+	}
+
+	conn, err := tls.Dial("tcp", s.https, &tls.Config{InsecureSkipVerify: true, ServerName: "app.test", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id = resp.Header.Get("X-Request-Id")
+	if resp.StatusCode != http.StatusBadRequest || id == "" {
+		t.Fatalf("OPTIONS *: %d with X-Request-Id %q, want 400 with one", resp.StatusCode, id)
+	}
+	if ev := s.event(t, id); ev.Response.Status != 400 || ev.Decision != "deny" {
+		t.Errorf("OPTIONS * event: %+v", ev)
 	}
 }

@@ -205,12 +205,12 @@ func NormalizeHost(h string) (string, bool) {
 			return "", false
 		}
 		rest := host[end+1:]
-		if rest != "" && (rest[0] != ':' || !allDigits(rest[1:])) {
+		if rest != "" && (rest[0] != ':' || !validPort(rest[1:])) {
 			return "", false
 		}
 		host = host[:end+1]
 	} else if i := strings.LastIndexByte(host, ':'); i >= 0 {
-		if !allDigits(host[i+1:]) {
+		if !validPort(host[i+1:]) {
 			return "", false
 		}
 		host = host[:i]
@@ -222,14 +222,17 @@ func NormalizeHost(h string) (string, bool) {
 	return host, true
 }
 
-func allDigits(s string) bool {
-	if len(s) > 5 {
+// validPort reports whether s is a TCP port number, 1 to 65535.
+func validPort(s string) bool {
+	if len(s) == 0 || len(s) > 5 {
 		return false
 	}
+	n := 0
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
 			return false
 		}
+		n = n*10 + int(s[i]-'0')
 	}
-	return true
+	return n >= 1 && n <= 65535
 }

@@ -76,6 +76,12 @@ func TestNormalizeHost(t *testing.T) {
 		{"evil.com/x", "", false},
 		{"a b", "", false},
 		{"app.example.com:80x", "", false},
+		{"localhost:99999", "", false},
+		{"localhost:65536", "", false},
+		{"localhost:", "", false},
+		{"localhost:0", "", false},
+		{"[::1]:", "", false},
+		{"localhost:65535", "localhost", true},
 		{"xn--80ak6aa92e.com", "xn--80ak6aa92e.com", true},
 		{"аpple.com", "", false}, // Cyrillic a: only ASCII/punycode is routed
 	}

@@ -178,21 +178,65 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, x *exchange) 
 		status = http.StatusOK
 	}
 	x.who, x.own = who, true
-	var dec string
-	switch {
-	case status == http.StatusUnauthorized:
-		dec = audit.DecisionUnauthenticated
-	case status >= 500:
-		dec = audit.DecisionError
-	case status >= 400:
-		dec = audit.DecisionDeny
-	default:
-		dec = audit.DecisionAllow
-	}
+	dec := statusDecision(status)
 	// The endpoint already answered; an audit failure is counted and
 	// logged by the recorder.
 	h.record(r, x, status, dec, "portcullis endpoint "+x.target.Path)
 	h.finish(r, x, status, dec)
+}
+
+// statusDecision is the audit decision of an answer no policy decided:
+// allow below 400, unauthenticated for 401, error for 5xx, deny otherwise.
+func statusDecision(status int) string {
+	switch {
+	case status == http.StatusUnauthorized:
+		return audit.DecisionUnauthenticated
+	case status >= 500:
+		return audit.DecisionError
+	case status >= 400:
+		return audit.DecisionDeny
+	}
+	return audit.DecisionAllow
+}
+
+// ServePlain wraps next, the handler of listen.http (ACME HTTP-01
+// challenges, redirects to https), so that its answers carry an
+// X-Request-Id and each request is audited like an answer of Portcullis's
+// own endpoints: no policy, a decision that follows the status.
+func (h *Handler) ServePlain(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := h.state.Load()
+		x := &exchange{st: st, start: h.clock.Now(), own: true}
+		x.client = resolveClient(r, st.Listen.Trusted)
+		x.id = x.client.RequestID
+		if x.id == "" {
+			x.id = newRequestID()
+		}
+		w.Header().Set(HeaderRequestID, x.id)
+		if host, ok := NormalizeHost(r.Host); ok {
+			x.host = host
+			if t, err := ParseTarget(r); err == nil {
+				x.target = t
+				x.route = st.table.match(host, t.Path)
+			}
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		reason := "plain HTTP: " + strings.ToLower(http.StatusText(status))
+		switch {
+		case status == http.StatusPermanentRedirect:
+			reason = "plain HTTP: redirected to https"
+		case status == http.StatusOK && strings.HasPrefix(x.target.Path, "/.well-known/acme-challenge/"):
+			reason = "ACME HTTP-01 challenge answered"
+		}
+		dec := statusDecision(status)
+		h.record(r, x, status, dec, reason)
+		h.finish(r, x, status, dec)
+	})
 }
 
 // refuse answers without forwarding, after recording the decision.

@@ -93,12 +93,15 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	main := &http.Server{
-		Handler:           s.httpsHandler(),
-		TLSConfig:         s.TLS.TLSConfig(),
-		ReadHeaderTimeout: s.Server.ReadHeaderTimeout,
-		IdleTimeout:       s.Server.IdleTimeout,
-		MaxHeaderBytes:    s.Server.MaxHeaderBytes,
-		ErrorLog:          errLog,
+		Handler: s.httpsHandler(),
+		// "OPTIONS *" goes to the proxy too (a 400, audited, with a
+		// request id) instead of net/http's unaudited 200.
+		DisableGeneralOptionsHandler: true,
+		TLSConfig:                    s.TLS.TLSConfig(),
+		ReadHeaderTimeout:            s.Server.ReadHeaderTimeout,
+		IdleTimeout:                  s.Server.IdleTimeout,
+		MaxHeaderBytes:               s.Server.MaxHeaderBytes,
+		ErrorLog:                     errLog,
 	}
 	servers = append(servers, main)
 
@@ -108,14 +111,19 @@ func (s *Server) Run(ctx context.Context) error {
 			httpsLn.Close()
 			return err
 		}
+		var plain http.Handler = s.TLS.HTTPHandler(http.NotFoundHandler())
+		if s.Handler != nil {
+			plain = s.Handler.ServePlain(plain)
+		}
 		servers = append(servers, &http.Server{
-			Handler:           s.TLS.HTTPHandler(http.NotFoundHandler()),
-			ReadHeaderTimeout: s.Server.ReadHeaderTimeout,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       s.Server.IdleTimeout,
-			MaxHeaderBytes:    s.Server.MaxHeaderBytes,
-			ErrorLog:          errLog,
+			Handler:                      plain,
+			DisableGeneralOptionsHandler: true,
+			ReadHeaderTimeout:            s.Server.ReadHeaderTimeout,
+			ReadTimeout:                  30 * time.Second,
+			WriteTimeout:                 30 * time.Second,
+			IdleTimeout:                  s.Server.IdleTimeout,
+			MaxHeaderBytes:               s.Server.MaxHeaderBytes,
+			ErrorLog:                     errLog,
 		})
 	}
 	adminLn, err := listen(s.AdminListener, s.Listen.Admin)
