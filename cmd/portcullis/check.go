@@ -38,8 +38,56 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // checkConfig validates the file and compiles the policies it names,
-// collecting every problem. err is for an unreadable or non-YAML file.
+// collecting every problem, each once. err is for an unreadable or
+// non-YAML file.
 func checkConfig(ctx context.Context, path string) (*config.File, *confkit.Problems, error) {
+	f, p, err := collectProblems(ctx, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, uniqueProblems(p), nil
+}
+
+// uniqueProblems drops repeats: a route's malformed package name is found
+// both by the config check and by the compiled policy set.
+func uniqueProblems(p *confkit.Problems) *confkit.Problems {
+	var out confkit.Problems
+	seen := map[confkit.Problem]bool{}
+	for _, pr := range p.List() {
+		if !seen[pr] {
+			seen[pr] = true
+			out.Add(pr.Path, "%s", pr.Message)
+		}
+	}
+	return &out
+}
+
+// policyProblems are the problems of a policy directory that does not
+// compile, each once. OPA reports a token the scanner cannot read (an
+// unterminated string) with the scanner's message and then, at the same
+// place, the parser's generic "illegal token" (sometimes twice): that is
+// one problem, and the scanner's message says what it is.
+func policyProblems(ce *policy.CompileError) []policy.Problem {
+	type place struct {
+		file      string
+		line, col int
+	}
+	parsed := map[place]bool{}
+	var out []policy.Problem
+	for _, pr := range ce.Problems {
+		at := place{pr.File, pr.Line, pr.Col}
+		if pr.Code == "rego_parse_error" && pr.Line > 0 {
+			if pr.Message == "illegal token" && parsed[at] {
+				continue
+			}
+			parsed[at] = true
+		}
+		out = append(out, pr)
+	}
+	return out
+}
+
+func collectProblems(ctx context.Context, path string) (*config.File, *confkit.Problems, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
@@ -53,7 +101,7 @@ func checkConfig(ctx context.Context, path string) (*config.File, *confkit.Probl
 	if err != nil {
 		var ce *policy.CompileError
 		if errors.As(err, &ce) {
-			for _, pr := range ce.Problems {
+			for _, pr := range policyProblems(ce) {
 				p.Add("policy.dir", "%s", pr)
 			}
 		} else {

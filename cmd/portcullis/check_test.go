@@ -99,3 +99,68 @@ audit:
 		t.Errorf("check created the data directory")
 	}
 }
+
+// Each problem is listed once: OPA reports an unterminated raw string as
+// "non-terminated string" plus "illegal token" (twice) at one position,
+// and a malformed route package name is found both by the config check and
+// by the compiled policy set.
+func TestCheckListsEachProblemOnce(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policies")
+	if err := os.Mkdir(pol, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write := func(path, s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := `
+data_dir: ` + filepath.Join(dir, "data") + `
+listen:
+  admin: "127.0.0.1:9901"
+tls:
+  mode: self-signed
+identity:
+  external_url: https://auth.example.com
+  session:
+    secrets: ["c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=="]
+policy:
+  dir: ` + pol + `
+routes:
+  - name: docs
+    host: docs.example.com
+    upstream: http://127.0.0.1:9000
+    policy: %s
+    public: true
+`
+	path := filepath.Join(dir, "portcullis.yaml")
+	for _, tt := range []struct {
+		name, rego, pkg string
+		want            string
+	}{
+		{"rego parse error", "package portcullis.routes.docs\nx := `\n", "portcullis.routes.docs", "non-terminated string"},
+		{"route package name", "package portcullis.routes.docs\nallow if true\n", `"portcullis.routes.docs!"`, "is not a Rego package name"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			write(filepath.Join(pol, "docs.rego"), tt.rego)
+			write(path, strings.Replace(cfg, "%s", tt.pkg, 1))
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), []string{"check", "--config", path}, &stdout, &stderr)
+			if code != exitFail {
+				t.Fatalf("check exit = %d, want 1\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
+			}
+			out := stderr.String()
+			if n := strings.Count(out, tt.want); n != 1 {
+				t.Errorf("%q appears %d times, want once:\n%s", tt.want, n, out)
+			}
+			if strings.Contains(out, "illegal token") {
+				t.Errorf("the scanner's error is followed by the parser's generic one at the same place:\n%s", out)
+			}
+			if !strings.Contains(out, "1 problem(s)") {
+				t.Errorf("stderr does not count 1 problem:\n%s", out)
+			}
+		})
+	}
+}
