@@ -7,7 +7,8 @@ import (
 
 // table selects a route for a host and a normalized path (SPEC §2: the
 // longest matching path prefix among the routes whose host matches; an
-// exact host beats a wildcard). It is immutable once built.
+// exact host beats a wildcard when their prefixes are as long). It is
+// immutable once built.
 type table struct {
 	exact    map[string][]*Route // host -> routes, longest path first
 	wildcard map[string][]*Route // "example.com" for "*.example.com"
@@ -31,20 +32,25 @@ func newTable(routes []Route) *table {
 	return t
 }
 
-// match returns the route for host (already normalized) and path, or nil.
-// When an exact host has routes but none of their prefixes match, the
-// wildcard routes are tried next. A wildcard covers exactly one label, as a
-// wildcard certificate does: "*.example.com" matches "a.example.com" but
-// neither "example.com" nor "a.b.example.com".
+// match returns the route for host (already normalized) and path, or nil:
+// among the routes whose host matches, exactly or by wildcard, the one with
+// the longest path prefix that matches; on a tie, the exact host's. A
+// wildcard covers exactly one label, as a wildcard certificate does:
+// "*.example.com" matches "a.example.com" but neither "example.com" nor
+// "a.b.example.com".
 func (t *table) match(host, path string) *Route {
-	if r := longestPrefix(t.exact[host], path); r != nil {
-		return r
-	}
+	r := longestPrefix(t.exact[host], path)
 	if parent, ok := wildcardParent(host); ok {
-		return longestPrefix(t.wildcard[parent], path)
+		if w := longestPrefix(t.wildcard[parent], path); w != nil && (r == nil || prefixLen(w) > prefixLen(r)) {
+			return w
+		}
 	}
-	return nil
+	return r
 }
+
+// prefixLen is the length of r's path prefix ("/api/" and "/api" count
+// the same).
+func prefixLen(r *Route) int { return len(strings.TrimSuffix(r.Path, "/")) }
 
 // hasHost reports whether any route serves host.
 func (t *table) hasHost(host string) bool {
