@@ -363,7 +363,7 @@ func (p *Pipeline) drop(ev *Event, reason string, err error) error {
 
 // Accepting reports whether Record is expected to succeed: false after
 // Close, and in durable and fail-closed modes while the spool is full
-// (within 64KiB of max_bytes) or failing. Best-effort mode always accepts
+// (within 64KiB of max_bytes, or an eighth of a smaller one) or failing. Best-effort mode always accepts
 // (it drops instead).
 func (p *Pipeline) Accepting() bool {
 	p.mu.Lock()

@@ -525,15 +525,21 @@ func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
 }
 
 // Accepting reports whether an Append of a typical event would be taken
-// now: not failing, and not within 64KiB of max_bytes.
+// now: not failing, and not within acceptMargin of max_bytes.
 func (s *Spool) Accepting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.err != nil && time.Since(s.failedAt) < s.retryWait {
 		return false
 	}
-	return s.bytes+64<<10 <= s.maxBytes
+	return s.bytes+s.acceptMargin() <= s.maxBytes
 }
+
+// acceptMargin is the room Accepting wants left under max_bytes: 64KiB
+// (dozens of typical events), or an eighth of max_bytes for a small spool,
+// which would otherwise refuse events from its first one (a 64KiB spool
+// has no room beyond 64KiB).
+func (s *Spool) acceptMargin() int64 { return min(64<<10, s.maxBytes/8) }
 
 // Stats returns a snapshot of the spool's counters.
 func (s *Spool) Stats() SpoolStats {

@@ -436,3 +436,30 @@ func TestEventHead(t *testing.T) {
 		t.Errorf("sealed event head = %q, %q; want proxy-a.example, %q", inst, h, ev.Hash)
 	}
 }
+
+// TestSmallSpoolAcceptsUntilNearlyFull: the smallest spool (64KiB) keeps
+// accepting until an eighth of it is left, rather than refusing (and a
+// fail-closed proxy answering 503) from its second event.
+func TestSmallSpoolAcceptsUntilNearlyFull(t *testing.T) {
+	const maxBytes = 64 << 10
+	s, err := OpenSpool(t.TempDir(), maxBytes, SpoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	size := int64(frameSize(new(testRecord(1))))
+	for seq := uint64(1); ; seq++ {
+		accepting := s.Accepting()
+		bytes := s.Stats().Bytes
+		if want := bytes+maxBytes/8 <= maxBytes; accepting != want {
+			t.Fatalf("with %d of %d bytes used, Accepting() = %v, want %v", bytes, maxBytes, accepting, want)
+		}
+		if !accepting {
+			if bytes < maxBytes-maxBytes/8-size {
+				t.Fatalf("stopped accepting with %d of %d bytes used", bytes, maxBytes)
+			}
+			return
+		}
+		appendSync(t, s, seq, seq)
+	}
+}
