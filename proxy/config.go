@@ -124,6 +124,16 @@ func (c *ListenConfig) Validate(p *confkit.Problems, path string) {
 	checkAddr(p, confkit.Join(path, "https"), c.HTTPS, true)
 	checkAddr(p, confkit.Join(path, "http"), c.HTTP, false)
 	checkAddr(p, confkit.Join(path, "admin"), c.Admin, true)
+	// Two listeners on one port (the same address, or one of them on every
+	// address) cannot both bind: say so now rather than at start.
+	addrs := []struct{ name, addr string }{{"https", c.HTTPS}, {"http", c.HTTP}, {"admin", c.Admin}}
+	for i, a := range addrs {
+		for _, b := range addrs[:i] {
+			if sharePort(a.addr, b.addr) {
+				p.Add(confkit.Join(path, a.name), "%q is the port of listen.%s (%q): give each listener its own port", a.addr, b.name, b.addr)
+			}
+		}
+	}
 	c.Trusted = c.Trusted[:0]
 	for i, s := range c.TrustedProxies {
 		pp := confkit.Index(confkit.Join(path, "trusted_proxies"), i)
@@ -137,6 +147,18 @@ func (c *ListenConfig) Validate(p *confkit.Problems, path string) {
 		}
 		p.Add(pp, "%q is not a CIDR (such as 10.0.0.0/8) or an IP address", s)
 	}
+}
+
+// sharePort reports whether listeners on a and b (host:port) would
+// collide: the same port, on the same host or with either on every address.
+func sharePort(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb || pa == "" || pa == "0" {
+		return false
+	}
+	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return any(ha) || any(hb) || strings.EqualFold(ha, hb)
 }
 
 func checkAddr(p *confkit.Problems, path, addr string, required bool) {
