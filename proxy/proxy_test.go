@@ -61,6 +61,9 @@ func (fakePolicy) Eval(ctx context.Context, pkg string, in *policy.Input) policy
 	if strings.HasPrefix(in.Request.Path, "/deny") {
 		return policy.Decision{Outcome: "deny", Reason: "denied by test", Status: 403, Package: pkg}
 	}
+	if strings.HasPrefix(in.Request.Path, "/broken") {
+		return policy.Decision{Outcome: "error", Reason: "policy evaluation failed: /srv/policies/app.rego:3: eval_conflict_error", Package: pkg}
+	}
 	return policy.Decision{Allow: true, Outcome: "allow", Package: pkg, Revision: "sha256:test",
 		Headers: map[string]string{"X-Policy-Header": "yes"}}
 }
@@ -336,6 +339,7 @@ func TestDecisionsAndStatuses(t *testing.T) {
 		{"allowed", "app.test", "/x?secret=1", alice, 200, "allow"},
 		{"encoded question mark", "app.test", "/q%3Fsecret=1", alice, 200, "allow"},
 		{"denied", "app.test", "/deny/x", alice, 403, "deny"},
+		{"policy error", "app.test", "/broken", alice, 403, "error"},
 		{"no route", "nothing.test", "/", alice, 404, "deny"},
 		{"browser sign-in", "app.test", "/x", http.Header{"Accept": {"text/html"}}, 302, "unauthenticated"},
 		{"api sign-in", "app.test", "/x", nil, 401, "unauthenticated"},
@@ -365,8 +369,16 @@ func TestDecisionsAndStatuses(t *testing.T) {
 			switch tt.wantStatus {
 			case 403:
 				var j map[string]string
-				if err := json.Unmarshal([]byte(body), &j); err != nil || j["error"] != "forbidden" || j["request_id"] != rid || j["reason"] != "denied by test" {
-					t.Errorf("403 body = %s, want JSON error/request_id/reason", body)
+				wantReason := "denied by test"
+				if tt.wantDecision == "error" {
+					// The policy's internals go to the audit event only.
+					wantReason = "the access policy could not be evaluated; quote the request id to an administrator"
+					if !strings.Contains(ev.Reason, "app.rego:3") {
+						t.Errorf("audited reason %q lost the policy's error", ev.Reason)
+					}
+				}
+				if err := json.Unmarshal([]byte(body), &j); err != nil || j["error"] != "forbidden" || j["request_id"] != rid || j["reason"] != wantReason {
+					t.Errorf("403 body = %s, want JSON error/request_id/reason %q", body, wantReason)
 				}
 			case 401:
 				if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {

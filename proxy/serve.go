@@ -145,11 +145,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status < 400 || status > 599 {
 			status = http.StatusForbidden
 		}
-		dec := audit.DecisionDeny
 		if x.decision.Outcome == "error" {
-			dec = audit.DecisionError
+			// The reason names files, lines and OPA's internals: for the
+			// audit event and the logs, not for the client.
+			h.refuseAs(w, r, x, status, audit.DecisionError, x.decision.Reason,
+				"the access policy could not be evaluated; quote the request id to an administrator", "forbidden")
+			return
 		}
-		h.refuse(w, r, x, status, dec, x.decision.Reason, "forbidden")
+		h.refuse(w, r, x, status, audit.DecisionDeny, x.decision.Reason, "forbidden")
 		return
 	}
 
@@ -239,14 +242,21 @@ func (h *Handler) ServePlain(next http.Handler) http.Handler {
 	})
 }
 
-// refuse answers without forwarding, after recording the decision.
+// refuse answers without forwarding, after recording the decision; the
+// client sees the reason recorded.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, x *exchange, status int, decision, reason, code string) {
+	h.refuseAs(w, r, x, status, decision, reason, reason, code)
+}
+
+// refuseAs is refuse with a reason for the client other than the one
+// recorded.
+func (h *Handler) refuseAs(w http.ResponseWriter, r *http.Request, x *exchange, status int, decision, reason, shown, code string) {
 	if err := h.record(r, x, status, decision, reason); err != nil && h.opts.FailClosed && status < 500 {
-		status, decision, reason, code = http.StatusServiceUnavailable, audit.DecisionError, "audit unavailable", "audit_unavailable"
+		status, decision, shown, code = http.StatusServiceUnavailable, audit.DecisionError, "audit unavailable", "audit_unavailable"
 	}
 	writePage(w, r, page{
 		Status: status, Title: http.StatusText(status), Message: pageMessage(status),
-		Reason: reason, RequestID: x.id, Error: code,
+		Reason: shown, RequestID: x.id, Error: code,
 		SignOut: status == http.StatusForbidden && x.who != nil && x.who.Authenticated,
 	})
 	h.finish(r, x, status, decision)
