@@ -2,11 +2,14 @@ package identity
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -374,6 +377,13 @@ func (a *Authenticator) serveLogout(w http.ResponseWriter, r *http.Request) {
 	}
 	host, port := splitHost(r.Host)
 	q := r.URL.Query()
+	if r.Method == http.MethodPost {
+		// The confirmation form posts rd and confirm.
+		r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+		if err := r.ParseForm(); err == nil {
+			q = r.Form
+		}
+	}
 	target := ""
 	if rd := q.Get("rd"); rd != "" {
 		if t, ok := a.returns.check(rd, host, port); ok {
@@ -381,6 +391,12 @@ func (a *Authenticator) serveLogout(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s, _ := a.readSession(r)
+	if s != nil && r.Header.Get("Sec-Fetch-Site") == "cross-site" && !a.logoutConfirmed(s, q.Get("confirm")) {
+		// A page on another site sent the browser here (a link, an
+		// image, a form): ask before signing the user out for it.
+		a.confirmLogout(w, s, target)
+		return
+	}
 	a.clearSession(w, r)
 	if s != nil {
 		report(r, s.identity())
@@ -400,6 +416,13 @@ func (a *Authenticator) serveLogout(w http.ResponseWriter, r *http.Request) {
 		if target != "" {
 			nq.Set("rd", target)
 		}
+		if s != nil {
+			// The central logout is this user's own next step, though the
+			// browser arrives there from another site.
+			if c, err := a.logoutConfirmation(s); err == nil {
+				nq.Set("confirm", c)
+			}
+		}
 		http.Redirect(w, r, a.externalURL(PathLogout, nq), http.StatusFound)
 		return
 	}
@@ -418,6 +441,44 @@ func (a *Authenticator) serveLogout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Authenticator) logoutPurpose() string { return "logout|" + a.cfg.Session.CookieName }
+
+// logoutConfirmation seals a short-lived proof that signing s out was asked
+// for here (the confirmation page's button, or Portcullis's own redirect to
+// the central logout), bound to the session so that it cannot sign out
+// another.
+func (a *Authenticator) logoutConfirmation(s *session) (string, error) {
+	return a.sealer.seal(a.logoutConfirmPurpose(s), a.clock.Now().Add(logoutStateTTL), []byte{1})
+}
+
+func (a *Authenticator) logoutConfirmed(s *session, c string) bool {
+	if c == "" {
+		return false
+	}
+	_, err := a.sealer.open(a.logoutConfirmPurpose(s), a.clock.Now(), c)
+	return err == nil
+}
+
+func (a *Authenticator) logoutConfirmPurpose(s *session) string {
+	sum := sha256.Sum256([]byte(s.Issuer + "\x00" + s.Sub + "\x00" + strconv.FormatInt(s.Exp, 10)))
+	return "logout-confirm|" + a.cfg.Session.CookieName + "|" + hex.EncodeToString(sum[:16])
+}
+
+// confirmLogout answers a cross-site logout with a page whose button posts
+// the logout from this origin.
+func (a *Authenticator) confirmLogout(w http.ResponseWriter, s *session, target string) {
+	c, err := a.logoutConfirmation(s)
+	if err != nil {
+		writePage(w, http.StatusInternalServerError, page{Title: "Sign-out failed", Message: "Portcullis could not prepare the sign-out."})
+		return
+	}
+	fields := []formField{{"confirm", c}}
+	if target != "" {
+		fields = append(fields, formField{"rd", target})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writePage(w, http.StatusOK, page{Title: "Sign out?", Message: "Another site asked to sign you out of Portcullis.",
+		Form: &pageForm{Action: PathLogout, Button: "Sign out", Fields: fields}, Link: "/", LinkText: "Stay signed in"})
+}
 
 // endSessionURL builds the RP-initiated logout URL, or "" when the
 // session's provider has no end_session_endpoint (or is not reachable).

@@ -3,9 +3,11 @@ package identity
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"html"
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -491,12 +493,73 @@ func TestLogoutOnHostOutsideCookieDomainEndsCentralSession(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || loc.Hostname() != extHost || loc.Path != PathLogout || loc.Query().Get("rd") != h.url(farHost, "/bye") {
 		t.Fatalf("far logout: %d to %s, want external_url's logout with an absolute rd", resp.StatusCode, loc)
 	}
-	resp = h.get(nf, loc.String())
+	// The browser comes from another site, but it is Portcullis's own
+	// redirect (it carries a confirmation): no question asked.
+	resp = h.get(nf, loc.String(), "Sec-Fetch-Site", "cross-site")
 	if got := resp.Header.Get("Location"); got != h.url(farHost, "/bye") {
 		t.Errorf("central logout sent to %q, want back to the far host", got)
 	}
 	if n := len(h.sessionCookies(h.client, farHost)) + len(h.sessionCookies(h.client, extHost)); n != 0 {
 		t.Errorf("%d session cookies left after logout", n)
+	}
+}
+
+// TestCrossSiteLogoutAsksFirst: a logout another site triggers (a link, an
+// image, a form) shows a confirmation page and ends nothing; its button,
+// posted from Portcullis's origin, signs out; a confirmation sealed for
+// another session does not.
+func TestCrossSiteLogoutAsksFirst(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.idp.DisableEndSession() })
+	h.idp.QueueUser("alice", "alice@example.test", nil)
+	h.login(h.client, h.url(appHost, "/"))
+	nf := h.noFollow(h.client)
+	resp := h.get(nf, h.url(appHost, PathLogout+"?rd=/bye"), "Sec-Fetch-Site", "cross-site")
+	body := readBody(resp)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Sign out?") || !strings.Contains(body, `method="post"`) {
+		t.Fatalf("cross-site logout: %d, want the confirmation page:\n%s", resp.StatusCode, body)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == "_portcullis" {
+			t.Fatalf("cross-site logout touched the session cookie: %v", c)
+		}
+	}
+	if r := h.get(nf, h.url(appHost, PathMe)); r.StatusCode != http.StatusOK {
+		t.Fatalf("after an unconfirmed cross-site logout /me = %d, want 200", r.StatusCode)
+	}
+	confirm := regexp.MustCompile(`name="confirm" value="([^"]+)"`).FindStringSubmatch(body)
+	if confirm == nil || !strings.Contains(body, `name="rd" value="`+h.url(appHost, "/bye")+`"`) {
+		t.Fatalf("confirmation form lacks confirm or rd:\n%s", body)
+	}
+
+	// A confirmation is bound to its session: bob's does not sign alice out.
+	other := h.newClient()
+	h.idp.QueueUser("bob", "bob@example.test", nil)
+	h.login(other, h.url(appHost, "/"))
+	ob := readBody(h.get(h.noFollow(other), h.url(appHost, PathLogout), "Sec-Fetch-Site", "cross-site"))
+	bobConfirm := regexp.MustCompile(`name="confirm" value="([^"]+)"`).FindStringSubmatch(ob)
+	if bobConfirm == nil {
+		t.Fatal("no confirmation for bob")
+	}
+	resp = h.get(nf, h.url(appHost, PathLogout+"?confirm="+url.QueryEscape(bobConfirm[1])), "Sec-Fetch-Site", "cross-site")
+	if !strings.Contains(readBody(resp), "Sign out?") {
+		t.Errorf("bob's confirmation signed alice out: %d", resp.StatusCode)
+	}
+
+	// The button: a same-origin POST with the form's fields.
+	form := url.Values{"confirm": {html.UnescapeString(confirm[1])}, "rd": {h.url(appHost, "/bye")}}
+	req, _ := http.NewRequest(http.MethodPost, h.url(appHost, PathLogout), strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	resp, err := nf.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != h.url(appHost, "/bye") {
+		t.Errorf("confirmed logout: %d to %q, want 302 to rd", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if r := h.get(nf, h.url(appHost, PathMe)); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("after the confirmed logout /me = %d, want 401", r.StatusCode)
 	}
 }
 

@@ -23,14 +23,15 @@ main{width:min(26rem,92vw);background:var(--card);border:1px solid var(--border)
 .brand{display:flex;align-items:center;gap:.5rem;color:var(--muted);font-size:.85rem;letter-spacing:.04em;text-transform:uppercase;margin-bottom:1rem}
 .brand svg{width:1.2rem;height:1.2rem}
 h1{font-size:1.35rem;margin:0 0 .5rem}p{margin:.25rem 0 1rem;color:var(--muted)}
-a.btn{display:block;text-align:center;text-decoration:none;padding:.7rem 1rem;margin:.5rem 0;border-radius:10px;border:1px solid var(--border);color:var(--fg);font-weight:600}
-a.btn:hover{border-color:var(--accent);color:var(--accent)}a.primary{background:var(--accent);border-color:var(--accent);color:#fff}a.primary:hover{color:#fff;opacity:.9}
+a.btn,button.btn{display:block;width:100%;font:inherit;cursor:pointer;background:none;text-align:center;text-decoration:none;padding:.7rem 1rem;margin:.5rem 0;border-radius:10px;border:1px solid var(--border);color:var(--fg);font-weight:600}
+a.btn:hover,button.btn:hover{border-color:var(--accent);color:var(--accent)}.primary{background:var(--accent)!important;border-color:var(--accent)!important;color:#fff!important}.primary:hover{opacity:.9}
 .code{font-family:ui-monospace,monospace;font-size:.8rem;color:var(--muted)}
 </style></head><body><main>
 <div class="brand"><svg viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2"><path d="M4 21V8l8-5 8 5v13"/><path d="M8 21v-8h8v8M8 17h8"/></svg>Portcullis</div>
 <h1>{{.Title}}</h1>
 {{if .Message}}<p>{{.Message}}</p>{{end}}
 {{range .Providers}}<a class="btn" href="{{.URL}}">Continue with {{.Name}}</a>{{end}}
+{{with .Form}}<form method="post" action="{{.Action}}">{{range .Fields}}<input type="hidden" name="{{.Name}}" value="{{.Value}}">{{end}}<button class="btn primary" type="submit">{{.Button}}</button></form>{{end}}
 {{if .Link}}<a class="btn primary" href="{{.Link}}">{{.LinkText}}</a>{{end}}
 {{if .Detail}}<p class="code">{{.Detail}}</p>{{end}}
 </main></body></html>
@@ -40,7 +41,16 @@ type page struct {
 	Title, Message, Detail string
 	Link, LinkText         string
 	Providers              []providerChoice
+	Form                   *pageForm
 }
+
+// pageForm is a same-origin POST form with hidden fields and one button.
+type pageForm struct {
+	Action, Button string
+	Fields         []formField
+}
+
+type formField struct{ Name, Value string }
 
 type providerChoice struct{ Name, URL string }
 
