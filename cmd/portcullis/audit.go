@@ -31,7 +31,7 @@ Source (one of):
                             PATH, tail waits for it to appear
   --config FILE             the audit sink of a Portcullis configuration
 
-Run "portcullis audit COMMAND --help" for every flag.
+Run "portcullis help audit COMMAND" (or "portcullis audit COMMAND --help") for every flag.
 `
 
 // defaultAuditTopic is the topic deploy/pulsar creates and the example

@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -34,7 +36,7 @@ Usage:
   portcullis audit query|tail|verify    read, follow and verify the audit trail
   portcullis version                    print version information
 
-Run "portcullis COMMAND --help" for a command's flags.
+Run "portcullis help COMMAND" (or "portcullis COMMAND --help") for a command's flags.
 `
 
 type command func(ctx context.Context, args []string, stdout, stderr io.Writer) int
@@ -47,6 +49,15 @@ func commands() map[string]command {
 		"version": runVersion,
 		"policy":  runPolicy,
 		"audit":   runAudit,
+	}
+}
+
+// subcommands are the subcommands of the commands that have them, for
+// `help COMMAND SUBCOMMAND`.
+func subcommands() map[string][]string {
+	return map[string][]string{
+		"policy": {"test", "eval"},
+		"audit":  {"query", "tail", "verify"},
 	}
 }
 
@@ -64,8 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usageText)
-		return exitOK
+		return runHelp(ctx, args[1:], stdout, stderr)
 	case "--version", "-version":
 		return runVersion(ctx, args[1:], stdout, stderr)
 	}
@@ -75,6 +85,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	return cmd(ctx, args[1:], stdout, stderr)
+}
+
+// runHelp is `help [COMMAND [SUBCOMMAND]]`: the top-level help, or what
+// `COMMAND [SUBCOMMAND] --help` prints, on stdout.
+func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || len(args) == 1 && args[0] == "help" {
+		fmt.Fprint(stdout, usageText)
+		return exitOK
+	}
+	cmd, ok := commands()[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "portcullis help: unknown command %q\n\n%s", args[0], usageText)
+		return exitUsage
+	}
+	rest := args[1:]
+	if subs := subcommands()[args[0]]; len(rest) > 0 && subs != nil {
+		if !slices.Contains(subs, rest[0]) {
+			fmt.Fprintf(stderr, "portcullis help: unknown command %q: %s has %s\n", args[0]+" "+rest[0], args[0], strings.Join(subs, ", "))
+			return exitUsage
+		}
+		rest = rest[1:]
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(stderr, "portcullis help: unexpected argument %q\n", rest[0])
+		return exitUsage
+	}
+	// With --help a command prints its usage and nothing else, to stderr
+	// for flag sets: asked for with `help`, it goes to stdout.
+	return cmd(ctx, append(slices.Clone(args[1:]), "--help"), stdout, stdout)
 }
 
 // newFlagSet returns a FlagSet that reports errors instead of exiting, and

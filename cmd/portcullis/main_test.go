@@ -43,3 +43,57 @@ func TestVersionCheckServeDevPolicyAuditRejectExtraArgument(t *testing.T) {
 		})
 	}
 }
+
+// `help COMMAND [SUBCOMMAND]` prints that command's help on stdout, exit 0,
+// as `COMMAND [SUBCOMMAND] --help` does.
+func TestHelpCommand(t *testing.T) {
+	const top = "identity-aware reverse proxy"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help", "policy"}, "eval --config FILE --url URL"},
+		{[]string{"help", "policy", "eval"}, "--url"},
+		{[]string{"help", "policy", "test"}, "-coverage"},
+		{[]string{"help", "audit"}, "portcullis audit COMMAND"},
+		{[]string{"help", "audit", "verify"}, "portcullis audit verify"},
+		{[]string{"help", "check"}, "portcullis check --config FILE"},
+		{[]string{"help", "serve"}, "portcullis serve --config FILE"},
+		{[]string{"help", "dev"}, "-listen"},
+		{[]string{"help", "version"}, "portcullis version"},
+		{[]string{"--help", "audit"}, "portcullis audit COMMAND"},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runT(t, tt.args...)
+			if code != exitOK {
+				t.Fatalf("exit %d, want 0 (stdout %q, stderr %q)", code, stdout, stderr)
+			}
+			if !strings.Contains(stdout, tt.want) || strings.Contains(stdout, top) {
+				t.Errorf("stdout %q, want the command's help (mentioning %q), not the top-level one", stdout, tt.want)
+			}
+			if stderr != "" {
+				t.Errorf("stderr %q, want nothing", stderr)
+			}
+		})
+	}
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"help", "help"}} {
+		code, stdout, _ := runT(t, args...)
+		if code != exitOK || !strings.Contains(stdout, top) {
+			t.Errorf("%v: exit %d, stdout %q; want 0 and the top-level help", args, code, stdout)
+		}
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help", "nosuch"}, `unknown command "nosuch"`},
+		{[]string{"help", "audit", "grep"}, `unknown command "audit grep"`},
+		{[]string{"help", "check", "extra"}, `unexpected argument "extra"`},
+		{[]string{"help", "audit", "verify", "extra"}, `unexpected argument "extra"`},
+	} {
+		code, stdout, stderr := runT(t, tt.args...)
+		if code != exitUsage || !strings.Contains(stderr, tt.want) || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %d and stderr naming %q", tt.args, code, stdout, stderr, exitUsage, tt.want)
+		}
+	}
+}

@@ -18,7 +18,14 @@ import (
 
 // runPolicy dispatches `portcullis policy test|eval`.
 func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	const usage = "Usage: portcullis policy test [DIR...] | portcullis policy eval --config FILE --url URL [flags]\n"
+	const usage = `Usage: portcullis policy COMMAND [flags]
+
+Commands:
+  test [DIR...]                   run the Rego unit tests (test_ rules) of each DIR (default ./policies)
+  eval --config FILE --url URL    dry-run one request: the matched route, input, decision and reason
+
+Run "portcullis help policy COMMAND" (or "portcullis policy COMMAND --help") for every flag.
+`
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
