@@ -300,7 +300,15 @@ func (a *Authenticator) serveCallback(w http.ResponseWriter, r *http.Request) {
 	tok, err := d.oauth.Exchange(ctx, code, oauth2.VerifierOption(ls.Verifier))
 	if err != nil {
 		a.log.Warn("identity: code exchange failed", "provider", ls.Provider, "err", err)
-		writePage(w, http.StatusBadGateway, page{Title: "Sign-in failed", Message: "The identity provider did not accept the sign-in. Please try again.", Link: ls.Return, LinkText: "Try again"})
+		// The provider refusing the code (invalid_grant: not this
+		// browser's, used, expired) is the request's fault: 400. A
+		// provider that fails or cannot be reached is a 502.
+		status := http.StatusBadGateway
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && re.Response != nil && re.Response.StatusCode >= 400 && re.Response.StatusCode < 500 {
+			status = http.StatusBadRequest
+		}
+		writePage(w, status, page{Title: "Sign-in failed", Message: "The identity provider did not accept the sign-in. Please try again.", Link: ls.Return, LinkText: "Try again"})
 		return
 	}
 	s, err := a.sessionFromTokens(ctx, p, d, tok, ls.Nonce, nil)

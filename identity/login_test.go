@@ -582,3 +582,21 @@ func TestOwnsPathAndUnknownPaths(t *testing.T) {
 		t.Errorf("jwks: %d cache %q", resp.StatusCode, resp.Header.Get("Cache-Control"))
 	}
 }
+
+// TestCallbackWithRefusedCodeIs400: a callback whose state is this
+// browser's but whose code the provider refuses (another browser's code, a
+// used or made-up one) is the request's fault, not the provider's: 400.
+func TestCallbackWithRefusedCodeIs400(t *testing.T) {
+	h := newHarness(t)
+	nf := h.noFollow(h.client)
+	resp := h.get(nf, h.url(appHost, "/x"), "Accept", "text/html")
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	state := loc.Query().Get("state")
+	if state == "" {
+		t.Fatalf("no state in %s", loc)
+	}
+	resp = h.get(nf, h.cfg.ExternalURL+PathCallback+"?state="+url.QueryEscape(state)+"&code=made-up")
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("callback with a refused code: %d, want 400", resp.StatusCode)
+	}
+}

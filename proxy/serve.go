@@ -350,7 +350,13 @@ func (h *Handler) record(r *http.Request, x *exchange, status int, decision, rea
 	aStart := h.clock.Now()
 	err := h.opts.Audit.Record(r.Context(), ev)
 	h.m.phaseAudit.Observe(h.clock.Now().Sub(aStart).Seconds())
-	if err != nil {
+	switch {
+	case err == nil:
+	case !errors.Is(err, audit.ErrUnavailable) && r.Context().Err() != nil:
+		// The client went away while the event waited for the spool's
+		// fsync: the event is appended and is still written.
+		h.log.Info("client gone before the audit event was confirmed on disk; it is still written", "request_id", x.id, "err", err)
+	default:
 		h.log.Error("audit event not recorded", "request_id", x.id, "err", err)
 	}
 	return err
