@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Audit throughput into a real Pulsar broker: BenchmarkPulsarThroughput
-# (audit/pulsar_bench_test.go) run COUNT times, so that the variants
-# alternate (bare producer loop, sink, pipeline durable / best-effort /
-# durable with 512 requests in flight), and for each variant the median
-# events/s, the median machine CPU per event, and its ratio to the bare
-# pulsar-client-go loop: the median of the per-round ratios (each variant
-# against the bare loop of the same round, which cancels the drift of a
-# shared machine) and the ratio of the medians.
+# (audit/pulsar_bench_test.go) run in COUNT rounds, each running every
+# variant once in turn (bare producer loop, sink, drain, pipeline durable /
+# best-effort / durable with 512 requests in flight), and prints for each
+# variant the median events/s, the median machine CPU per event, and its
+# ratio to the bare pulsar-client-go loop: the median of the per-round
+# ratios (each variant against the bare loop of the same round, which
+# cancels the drift of a shared machine) and the ratio of the medians.
 #
 #   bench/audit/run.sh [COUNT] [EVENTS]     (defaults: 5 rounds of 200000 events)
 #
@@ -22,7 +22,7 @@ events="${2:-200000}"
 out="$(mktemp)"
 started=""
 cleanup() {
-  rm -f "$out"
+  rm -f "$out" "$out.test"
   if [[ -n "$started" ]]; then bash .ci/pulsar.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -32,7 +32,13 @@ if ! bash .ci/pulsar.sh status >/dev/null 2>&1; then
   started=1
 fi
 
-go test ./audit -run '^$' -bench '^BenchmarkPulsarThroughput$' -benchtime "${events}x" -count "$count" | tee "$out" >&2
+# One go test per round (-count would run each variant COUNT times in a
+# row, so a drift of the shared machine would land on one variant).
+go test -c -o "$out.test" ./audit >&2
+for ((round = 1; round <= count; round++)); do
+  echo "bench/audit: round $round of $count" >&2
+  (cd audit && "$out.test" -test.run '^$' -test.bench '^BenchmarkPulsarThroughput$' -test.benchtime "${events}x") | tee -a "$out" >&2
+done
 
 awk '
   /^BenchmarkPulsarThroughput\// {
