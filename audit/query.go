@@ -83,14 +83,25 @@ type ChainReport struct {
 // a time-range query that starts mid-chain verifies from there; an event
 // missing after the last one seen cannot be detected. Verifier is not safe
 // for concurrent use.
+//
+// A forward jump in Seq is the chain's break either way, but whether the
+// skipped events are missing or only out of order shows when (if) they
+// turn up later: until then Reports, Err and First count the jump as
+// missing.
 type Verifier struct {
 	chains map[string]*chainCursor
+	added  uint64 // events added so far: orders breaks across instances
 }
 
 type chainCursor struct {
 	report ChainReport
 	seq    uint64
 	hash   string
+	// gap is a forward jump, the chain's first break, not yet known to be
+	// a reordering: missing unless an event in gapFrom..gapTo turns up.
+	gap            *ChainError
+	gapFrom, gapTo uint64
+	errAt          uint64 // when the first break showed (Verifier.added)
 }
 
 // NewVerifier returns an empty Verifier.
@@ -100,8 +111,12 @@ func NewVerifier() *Verifier {
 
 // Add checks ev against its instance's chain. It returns the *ChainError
 // when ev reveals that instance's first break (nil otherwise, also for
-// later breaks of an already broken chain). Checking continues from ev.
+// later breaks of an already broken chain). A forward jump in Seq is not
+// returned: Reports, Err and First report it as missing, or, once an event
+// it skipped arrives, Add returns a BreakReordered at that event. Checking
+// continues from ev.
 func (v *Verifier) Add(ev *Event) error {
+	v.added++
 	c, seen := v.chains[ev.Instance]
 	if !seen {
 		c = &chainCursor{report: ChainReport{Instance: ev.Instance, First: ev.Seq}}
@@ -113,6 +128,15 @@ func (v *Verifier) Add(ev *Event) error {
 
 	brk := func(kind BreakKind, format string, args ...any) *ChainError {
 		return &ChainError{Instance: ev.Instance, Kind: kind, Seq: ev.Seq, EventID: ev.ID, PrevSeq: c.seq, Detail: fmt.Sprintf(format, args...)}
+	}
+	if c.gap != nil && c.report.Err == nil && ev.Seq >= c.gapFrom && ev.Seq <= c.gapTo {
+		// An event the jump skipped: the chain's first break is a
+		// reordering (named at this event; First orders it at the jump).
+		c.report.Err = brk(BreakReordered, "seq %d comes after seq %d (out of order)", ev.Seq, c.gap.Seq)
+		c.report.Err.PrevSeq = c.gap.PrevSeq
+		c.gap = nil
+		c.seq, c.hash = ev.Seq, ev.Hash
+		return c.report.Err
 	}
 	var found *ChainError
 	hash, err := ComputeHash(ev)
@@ -138,21 +162,48 @@ func (v *Verifier) Add(ev *Event) error {
 	case ev.PrevHash != c.hash:
 		found = brk(BreakLink, "prev_hash is %s but seq %d has hash %s", ev.PrevHash, c.seq, c.hash)
 	}
+	if found != nil && found.Kind == BreakMissing && c.report.Err == nil && c.gap == nil {
+		c.gap, c.gapFrom, c.gapTo, c.errAt = found, c.seq+1, ev.Seq-1, v.added
+		found = nil
+	}
 	if found == nil || found.Kind != BreakDuplicate {
 		c.seq, c.hash = ev.Seq, ev.Hash
 	}
-	if found != nil && c.report.Err == nil {
-		c.report.Err = found
+	if found != nil && c.report.Err == nil && c.gap == nil {
+		c.report.Err, c.errAt = found, v.added
 		return found
 	}
 	return nil
+}
+
+// current is what was seen of one instance, a pending jump counted as
+// missing.
+func (c *chainCursor) current() ChainReport {
+	r := c.report
+	if r.Err == nil && c.gap != nil {
+		r.Err = c.gap
+	}
+	return r
+}
+
+// First returns the break that showed earliest among the events added, in
+// any instance (nil when every chain is intact).
+func (v *Verifier) First() *ChainError {
+	var first *ChainError
+	var at uint64
+	for _, c := range v.chains {
+		if err := c.current().Err; err != nil && (first == nil || c.errAt < at) {
+			first, at = err, c.errAt
+		}
+	}
+	return first
 }
 
 // Reports returns what was seen per instance, sorted by instance.
 func (v *Verifier) Reports() []ChainReport {
 	out := make([]ChainReport, 0, len(v.chains))
 	for _, c := range v.chains {
-		out = append(out, c.report)
+		out = append(out, c.current())
 	}
 	slices.SortFunc(out, func(a, b ChainReport) int { return strings.Compare(a.Instance, b.Instance) })
 	return out

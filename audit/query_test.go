@@ -46,7 +46,21 @@ func TestVerifier(t *testing.T) {
 			e[5].Hash, _ = ComputeHash(e[5])
 			return e
 		}, BreakLink, 7},
-		{"reordered", func(e []*Event) []*Event { e[3], e[4] = e[4], e[3]; return e }, BreakMissing, 5},
+		{"reordered", func(e []*Event) []*Event { e[3], e[4] = e[4], e[3]; return e }, BreakReordered, 4},
+		{"moved ahead", func(e []*Event) []*Event {
+			return []*Event{e[0], e[1], e[2], e[5], e[3], e[4], e[6]}
+		}, BreakReordered, 4},
+		{"moved ahead, then altered", func(e []*Event) []*Event {
+			e[7].Decision = DecisionDeny
+			return []*Event{e[0], e[1], e[2], e[5], e[6], e[7], e[3], e[4], e[8]}
+		}, BreakReordered, 4},
+		{"removed, then altered", func(e []*Event) []*Event {
+			e[7].Decision = DecisionDeny
+			return append(e[:3:3], e[4:]...)
+		}, BreakMissing, 5},
+		{"removed, then moved back", func(e []*Event) []*Event {
+			return []*Event{e[0], e[1], e[3], e[4], e[0], e[5]}
+		}, BreakMissing, 4},
 		{"moved back", func(e []*Event) []*Event {
 			return []*Event{e[0], e[1], e[2], e[3], e[4], e[2], e[5]}
 		}, BreakReordered, 3},
@@ -80,6 +94,9 @@ func TestVerifier(t *testing.T) {
 			if !errors.As(err, &ce) {
 				t.Fatalf("got %v, want a *ChainError", err)
 			}
+			if first := v.First(); first != ce {
+				t.Errorf("First() = %v, want the only break %v", first, ce)
+			}
 			if ce.Instance != "a" || ce.Kind != tt.wantKind || ce.Seq != tt.wantSeq {
 				t.Errorf("got %s/%s at seq %d, want a/%s at seq %d (%v)", ce.Instance, ce.Kind, ce.Seq, tt.wantKind, tt.wantSeq, ce)
 			}
@@ -91,6 +108,28 @@ func TestVerifier(t *testing.T) {
 				t.Errorf("instance b report %+v, want 10 intact events", reps)
 			}
 		})
+	}
+}
+
+// First is the break that shows earliest in the events added, whichever
+// instance it is in, also when the other is a forward jump only decided
+// (missing) at the end.
+func TestVerifierFirst(t *testing.T) {
+	a, b := chain(t, "a", 6), chain(t, "b", 6)
+	b[4].Decision = DecisionDeny
+	v := NewVerifier()
+	for _, ev := range []*Event{a[0], b[0], a[1], a[3], b[1], b[2], b[3], b[4], a[4], b[5]} {
+		v.Add(ev)
+	}
+	if f := v.First(); f == nil || f.Instance != "a" || f.Kind != BreakMissing || f.Seq != 4 {
+		t.Errorf("First() = %v, want a's missing seq 3, shown at seq 4", f)
+	}
+	// The late event shows that a's break is a reordering: Add reports it.
+	if err := v.Add(a[2]); err == nil {
+		t.Error("Add of the late event did not report the reordering")
+	}
+	if f := v.First(); f == nil || f.Instance != "a" || f.Kind != BreakReordered || f.Seq != 3 {
+		t.Errorf("First() = %v, want a's reordering at seq 3", f)
 	}
 }
 

@@ -425,7 +425,6 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	defer src.Close()
 
 	v := audit.NewVerifier()
-	var first *audit.ChainError
 	var events int
 	var from, to time.Time
 	err := src.Read(ctx, f, func(ev *audit.Event) (bool, error) {
@@ -436,9 +435,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 		if ev.Time.After(to) {
 			to = ev.Time
 		}
-		if err := v.Add(ev); err != nil && first == nil {
-			errors.As(err, &first)
-		}
+		v.Add(ev) // breaks are read from v below
 		return true, nil
 	})
 	if err != nil {
@@ -454,7 +451,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		fmt.Fprintf(stdout, "%s: seq %d..%d, %d events: %s\n", r.Instance, r.First, r.Last, r.Events, state)
 	}
-	if first != nil {
+	if first := v.First(); first != nil {
 		more := ""
 		if broken > 1 {
 			more = fmt.Sprintf(" (%d instances broken)", broken)

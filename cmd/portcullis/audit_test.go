@@ -334,7 +334,7 @@ func TestAuditFile(t *testing.T) {
 			c := slices.Clone(e)
 			c[10], c[11] = c[11], c[10]
 			return c
-		}, "instance portcullis-f1: missing link at seq 12"},
+		}, "instance portcullis-f1: reordered link at seq 11 (event portcullis-f1-00000011): seq 11 comes after seq 12 (out of order)"},
 	}
 	for _, tt := range broken {
 		t.Run("verify "+tt.name, func(t *testing.T) {
