@@ -36,7 +36,7 @@ func TestRouteTable(t *testing.T) {
 		{"app.example.com", "/api/users", "app-api"},
 		{"app.example.com", "/apiary", "app-root"}, // prefixes match on segment boundaries
 		{"app.example.com", "/api/v2/x", "app-api-v2"},
-		{"app.example.com", "/api/v2", "app-api"}, // "/api/v2/" needs the slash
+		{"app.example.com", "/api/v2", "app-api"},   // "/api/v2/" needs the slash
 		{"app.example.com", "/admin", "wild-admin"}, // the longest prefix wins, whichever host form matched
 		{"app.example.com", "/admin/x", "wild-admin"},
 		{"app.example.com", "/adminx", "app-root"}, // a tie ("/"): the exact host beats the wildcard
