@@ -11,9 +11,12 @@
 #   bench/audit/run.sh [COUNT] [EVENTS]     (defaults: 5 rounds of 200000 events)
 #
 # Starts the CI broker (.ci/pulsar.sh) unless one answers, and stops it
-# again if it started it. The broker shares the machine's cores with the
+# again if it started it. That broker shares the machine's cores with the
 # benchmark: on 2 cores every variant is bound by the CPU that client and
-# broker spend per event together (the machine-cpu column).
+# broker spend per event together (the machine-cpu column). To measure
+# against a broker on its own machine, set PORTCULLIS_PULSAR_URL and
+# PORTCULLIS_PULSAR_ADMIN_URL (pulsar://HOST:6650, http://HOST:8080):
+# nothing is started then, and machine-cpu is this machine's alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -27,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! bash .ci/pulsar.sh status >/dev/null 2>&1; then
+if [[ -z "${PORTCULLIS_PULSAR_URL:-}" ]] && ! bash .ci/pulsar.sh status >/dev/null 2>&1; then
   bash .ci/pulsar.sh start >&2
   started=1
 fi
