@@ -302,7 +302,7 @@ func refusedHeader(name string) string {
 	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
 		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
 		return "hop-by-hop header"
-	case "Host", "Cookie", "Authorization", "Content-Length", "Forwarded", "X-Request-Id":
+	case "Host", "Cookie", "Authorization", "Content-Length", "Forwarded", "X-Request-Id", "X-Real-Ip", "Http2-Settings":
 		return "set by the client or the proxy, not by policy"
 	}
 	if strings.HasPrefix(name, "X-Portcullis-") || strings.HasPrefix(name, "X-Forwarded-") {

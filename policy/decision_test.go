@@ -63,6 +63,7 @@ headers := {
 	"Host": "evil.test",
 	"Connection": "close",
 	"X-Forwarded-For": "1.2.3.4",
+	"X-Real-IP": "1.2.3.4",
 	"X-Number": 7,
 	"bad name": "x",
 	"X-Split": "a\r\nInjected: yes",
@@ -116,7 +117,7 @@ headers := {"X-Team": "eng"}
 		{"allow without reason", "t.noreason", input(alice, "GET", "/"), OutcomeAllow, 0, nil, []string{"allowed by t.noreason"}, true, nil},
 		{"reason not a string", "t.badreason", input(alice, "GET", "/"), OutcomeDeny, 403, nil, []string{"denied by t.badreason", "reason", "ignored: not a string"}, false, nil},
 		{"refused headers", "t.headers", input(alice, "GET", "/"), OutcomeAllow, 0, nil,
-			[]string{"X-Portcullis-User ignored", "Host ignored", "Connection ignored", "X-Forwarded-For ignored", "X-Number ignored", `"bad name" ignored`, "X-Split ignored"},
+			[]string{"X-Portcullis-User ignored", "Host ignored", "Connection ignored", "X-Forwarded-For ignored", "X-Real-Ip ignored", "X-Number ignored", `"bad name" ignored`, "X-Split ignored"},
 			true, map[string]string{"X-Team": "eng"}},
 		{"no headers on deny", "t.denyheaders", input(alice, "GET", "/"), OutcomeDeny, 403, nil, nil, false, nil},
 	}
