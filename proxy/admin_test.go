@@ -88,6 +88,7 @@ func startAdminServer(t *testing.T, routes []Route) *adminServer {
 		Ready: map[string]Check{
 			"config": func(context.Context) error { return nil },
 			"audit":  func(context.Context) error { return pl.Ready() },
+			"note":   func(context.Context) error { return ReadyNote("spooling") },
 		},
 		HTTPSListener: httpsLn, AdminListener: adminLn, HTTPListener: httpLn,
 	}
@@ -189,8 +190,8 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("/readyz = %d %s, want 200", code, body)
 	}
 	var checks map[string]string
-	if err := json.Unmarshal([]byte(body), &checks); err != nil || checks["audit"] != "ok" || checks["config"] != "ok" {
-		t.Errorf("/readyz body = %s (%v), want every check ok", body, err)
+	if err := json.Unmarshal([]byte(body), &checks); err != nil || checks["audit"] != "ok" || checks["config"] != "ok" || checks["note"] != "ok: spooling" {
+		t.Errorf("/readyz body = %s (%v), want every check ok (a noted one with its note)", body, err)
 	}
 
 	// Traffic of every kind: allowed, denied, no route (on a host that has

@@ -29,6 +29,13 @@ type TLSProvider interface {
 // Check is one readiness condition: nil when ready.
 type Check func(ctx context.Context) error
 
+// ReadyNote is a Check's answer that is ready but has more to say than
+// "ok" (the audit sink spooling, say): /readyz stays 200 and shows
+// "ok: " + the note.
+type ReadyNote string
+
+func (n ReadyNote) Error() string { return string(n) }
+
 // Server runs the HTTPS, HTTP and admin listeners.
 type Server struct {
 	Handler  *Handler
@@ -249,11 +256,15 @@ func (s *Server) adminHandler() http.Handler {
 			status, body["shutdown"] = http.StatusServiceUnavailable, "draining in-flight requests"
 		}
 		for name, check := range s.Ready {
-			if err := check(ctx); err != nil {
+			var note ReadyNote
+			switch err := check(ctx); {
+			case err == nil:
+				body[name] = "ok"
+			case errors.As(err, &note):
+				body[name] = "ok: " + string(note)
+			default:
 				status = http.StatusServiceUnavailable
 				body[name] = err.Error()
-			} else {
-				body[name] = "ok"
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")

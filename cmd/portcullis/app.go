@@ -138,7 +138,7 @@ func newApp(ctx context.Context, cfg *config.File, cfgPath string, opts appOptio
 			}
 			return nil
 		},
-		"audit": func(context.Context) error { return a.pipeline.Ready() },
+		"audit": func(context.Context) error { return auditReadiness(a.pipeline) },
 	}
 	for k, v := range opts.ExtraReady {
 		ready[k] = v
@@ -318,4 +318,21 @@ func portOf(addr string) string {
 		return ""
 	}
 	return port
+}
+
+// auditReadiness is /readyz's audit check: an error while events cannot
+// be recorded; otherwise whether the sink is live or events wait for it
+// (in the spool, or in memory in best-effort mode).
+func auditReadiness(p *audit.Pipeline) error {
+	if err := p.Ready(); err != nil {
+		return err
+	}
+	st := p.Status()
+	switch {
+	case st.Sink.Live:
+		return proxy.ReadyNote("sink live")
+	case st.Spooling:
+		return proxy.ReadyNote(fmt.Sprintf("spooling: sink not live (%s); %d events waiting in the spool", st.Sink.Detail, st.Backlog))
+	}
+	return proxy.ReadyNote(fmt.Sprintf("sink not live (%s); %d events waiting in memory", st.Sink.Detail, st.Backlog))
 }

@@ -749,6 +749,18 @@ func aeGetStatus(url string) int {
 	return resp.StatusCode
 }
 
+// aeGetBody is aeGetStatus with the body.
+func aeGetBody(url string) (int, string) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // aeDropped sums portcullis_audit_events_dropped_total by reason.
 func aeDropped(t testing.TB, reg prometheus.Gatherer) map[string]float64 {
 	t.Helper()
@@ -871,8 +883,10 @@ func TestAuditE2EBrokerOutage(t *testing.T) {
 		for time.Since(down) < outage {
 			if st := s.App.pipeline.Status(); st.Spooling && !st.Sink.Live {
 				spooling = true
-				// durable: still ready, the spool takes the events.
-				readyDuring = aeGetStatus("http://"+s.Admin+"/readyz") == 200
+				// durable: still ready, the spool takes the events, and
+				// /readyz says so.
+				code, body := aeGetBody("http://" + s.Admin + "/readyz")
+				readyDuring = code == 200 && strings.Contains(body, `"audit":"ok: spooling`)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
@@ -896,7 +910,7 @@ func TestAuditE2EBrokerOutage(t *testing.T) {
 			t.Error("the pipeline never reported spooling during the outage")
 		}
 		if !readyDuring {
-			t.Error("/readyz was not 200 while durable mode spooled")
+			t.Error(`/readyz was not 200 with "audit":"ok: spooling ..." while durable mode spooled`)
 		}
 		events := checkTopic(t, s, durableTopic, res)
 		t.Logf("durable: %d answered requests, %d in the topic, each exactly once", len(res), len(events))
