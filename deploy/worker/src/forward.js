@@ -54,6 +54,30 @@ export function headerValue(text) {
   return text;
 }
 
+// Identity headers of other identity-aware proxies (oauth2-proxy, Pomerium,
+// Cloudflare Access, Google IAP, AWS ALB, Azure, REMOTE_USER, Grafana) and
+// the path overrides some frameworks honour: an origin may still trust one
+// of them, and nothing between Portcullis and the Worker is trusted. Names
+// and prefixes, lower case, '_' read as '-' (as Portcullis strips them).
+const SPOOFABLE = [
+  'x-portcullis-', 'x-forwarded-user', 'x-forwarded-email', 'x-forwarded-groups',
+  'x-forwarded-preferred-username', 'x-forwarded-access-token', 'x-auth-request-', 'x-pomerium-',
+  'cf-access-', 'x-goog-authenticated-user-', 'x-goog-iap-', 'x-amzn-oidc-', 'x-ms-client-principal',
+  'remote-user', 'x-remote-user', 'x-remote-group', 'x-remote-email', 'x-webauth-', 'x-authenticated-user',
+  'x-authenticated-groups', 'x-original-url', 'x-rewrite-url', 'x-forwarded-uri', 'x-forwarded-path',
+  'x-forwarded-prefix', 'x-original-uri', 'x-override-url',
+];
+
+/**
+ * Whether an incoming header name must not reach the origin: an identity
+ * header (Portcullis's own, in any spelling: CGI and PHP read '_' as '-',
+ * so x_portcullis_user would pass for X-Portcullis-User) or another's.
+ */
+export function spoofable(name) {
+  const n = name.toLowerCase().replaceAll('_', '-');
+  return SPOOFABLE.some((p) => n.startsWith(p));
+}
+
 /** Joins ORIGIN_URL's path prefix and the request path. */
 export function joinPath(prefix, path) {
   const p = prefix.replace(/\/+$/, '');
@@ -63,9 +87,11 @@ export function joinPath(prefix, path) {
 /**
  * Builds the request for the origin: same method, path (below ORIGIN_URL's
  * path), query, headers and streamed body; hop-by-hop headers and Host are
- * dropped; every X-Portcullis-* header except the assertion is removed and
- * X-Portcullis-User/Email/Groups are set from the verified claims, so the
- * origin can trust them; X-Request-Id is set to requestId.
+ * dropped; every X-Portcullis-* header except the assertion is removed (in
+ * any spelling, '_' for '-'), and so are other identity-aware proxies'
+ * identity headers and path overrides (see spoofable); X-Portcullis-User,
+ * Email and Groups are set from the verified claims, so the origin can
+ * trust them; X-Request-Id is set to requestId.
  */
 export function buildOriginRequest(request, { originURL, claims, requestId }) {
   const incoming = new URL(request.url);
@@ -76,9 +102,8 @@ export function buildOriginRequest(request, { originURL, claims, requestId }) {
   const headers = new Headers(request.headers);
   stripHopByHop(headers, { keepWebSocketUpgrade: true });
   headers.delete('host');
-  const names = [...headers.keys()];
-  for (const name of names) {
-    if (name.startsWith('x-portcullis-') && name !== ASSERTION_HEADER) headers.delete(name);
+  for (const name of [...headers.keys()]) {
+    if (name !== ASSERTION_HEADER && spoofable(name)) headers.delete(name);
   }
   headers.set(IDENTITY_HEADERS.user, headerValue(claims.sub));
   if (claims.email !== undefined) headers.set(IDENTITY_HEADERS.email, headerValue(claims.email));
