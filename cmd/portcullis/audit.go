@@ -414,6 +414,50 @@ func tableRow(ev *audit.Event) []string {
 	return cells
 }
 
+// verifySlack is how far an event's time (the request's start) can be
+// from the moment its seq was assigned (when the decision was recorded,
+// after the upstream's response headers): verify reads this much beyond a
+// time window so that the window's edges cut no seq out of a chain.
+const verifySlack = 15 * time.Minute
+
+// verifyWindow feeds add, per instance, every event whose seq lies between
+// the lowest and the highest seq of that instance's events in f's time
+// window, in the order the source stores them (seq order). Event time is
+// the request's start and seq the order of recording, so near the window's
+// edges the two disagree: an event just outside the window in time can sit
+// between two inside it in the chain. The first pass finds each instance's
+// seq range inside the window; the second, over the window widened by
+// verifySlack, verifies those whole ranges.
+func verifyWindow(ctx context.Context, src audit.Source, f audit.Filter, add func(*audit.Event)) error {
+	type span struct{ lo, hi uint64 }
+	spans := map[string]*span{}
+	err := src.Read(ctx, f, func(ev *audit.Event) (bool, error) {
+		sp := spans[ev.Instance]
+		if sp == nil {
+			spans[ev.Instance] = &span{ev.Seq, ev.Seq}
+		} else {
+			sp.lo, sp.hi = min(sp.lo, ev.Seq), max(sp.hi, ev.Seq)
+		}
+		return true, nil
+	})
+	if err != nil || len(spans) == 0 {
+		return err
+	}
+	wide := f
+	if !wide.Since.IsZero() {
+		wide.Since = wide.Since.Add(-verifySlack)
+	}
+	if !wide.Until.IsZero() {
+		wide.Until = wide.Until.Add(verifySlack)
+	}
+	return src.Read(ctx, wide, func(ev *audit.Event) (bool, error) {
+		if sp := spans[ev.Instance]; sp != nil && sp.lo <= ev.Seq && ev.Seq <= sp.hi {
+			add(ev)
+		}
+		return true, nil
+	})
+}
+
 func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var a auditFlags
 	fs := newFlagSet("audit verify", "audit verify [source] [--since DUR|TIME] [--until TIME]", stderr)
@@ -427,7 +471,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	v := audit.NewVerifier()
 	var events int
 	var from, to time.Time
-	err := src.Read(ctx, f, func(ev *audit.Event) (bool, error) {
+	add := func(ev *audit.Event) {
 		events++
 		if from.IsZero() || ev.Time.Before(from) {
 			from = ev.Time
@@ -436,8 +480,16 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 			to = ev.Time
 		}
 		v.Add(ev) // breaks are read from v below
-		return true, nil
-	})
+	}
+	var err error
+	if f.Since.IsZero() && f.Until.IsZero() {
+		err = src.Read(ctx, f, func(ev *audit.Event) (bool, error) {
+			add(ev)
+			return true, nil
+		})
+	} else {
+		err = verifyWindow(ctx, src, f, add)
+	}
 	if err != nil {
 		return auditFail(stderr, "audit verify", err)
 	}

@@ -533,3 +533,44 @@ func TestAuditTail(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditVerifyTimeWindow: an event's time is its request's start and its
+// seq the order of recording, so near a window's edge an event outside the
+// window in time can sit between two inside it in the chain. Verifying the
+// window must not call that a missing link; a link removed inside the
+// window still fails.
+func TestAuditVerifyTimeWindow(t *testing.T) {
+	start := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	// Even seqs are slow requests: they started 40ms before their odd
+	// predecessor, whose decision was recorded first.
+	evs := chainedEvents(t, "portcullis-win", 60, start, 100*time.Millisecond)
+	prev := ""
+	for i, ev := range evs {
+		if ev.Seq%2 == 0 {
+			ev.Time = evs[i-1].Time.Add(-40 * time.Millisecond)
+		}
+		ev.PrevHash = prev
+		h, err := audit.ComputeHash(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev.Hash, prev = h, h
+	}
+	dir := t.TempDir()
+	intact := filepath.Join(dir, "intact.jsonl")
+	writeJSONL(t, intact, evs)
+	// seq 11 is at 1.0s, seq 12 at 0.96s: a window from 0.98s holds 11 and
+	// 13 but not 12, which lies between them in the chain.
+	since := evs[10].Time.Add(-20 * time.Millisecond).Format(time.RFC3339Nano)
+	until := evs[40].Time.Add(20 * time.Millisecond).Format(time.RFC3339Nano)
+	if code, out, errOut := runAuditT(t, "verify", "--file", intact, "--since", since, "--until", until); code != exitOK {
+		t.Fatalf("verify of an intact window: exit %d\n%s%s", code, out, errOut)
+	}
+
+	cut := filepath.Join(dir, "cut.jsonl")
+	writeJSONL(t, cut, append(append([]*audit.Event{}, evs[:20]...), evs[21:]...)) // seq 21 removed
+	code, _, errOut := runAuditT(t, "verify", "--file", cut, "--since", since, "--until", until)
+	if code != exitFail || !strings.Contains(errOut, "seq 22") {
+		t.Errorf("verify of a window missing seq 21: exit %d %q, want 1 naming the link at seq 22", code, errOut)
+	}
+}
