@@ -600,3 +600,20 @@ func TestCallbackWithRefusedCodeIs400(t *testing.T) {
 		t.Errorf("callback with a refused code: %d, want 400", resp.StatusCode)
 	}
 }
+
+// TestSessionOfRemovedProviderIsRefused: a session signed in through a
+// provider the configuration no longer has (removed, or renamed) stops
+// counting at once, not when it next refreshes.
+func TestSessionOfRemovedProviderIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.idp.QueueUser("alice", "alice@example.test", nil)
+	h.login(h.client, h.url(appHost, "/"))
+	if r := h.get(h.client, h.url(appHost, PathMe)); r.StatusCode != http.StatusOK {
+		t.Fatalf("/me after sign-in = %d", r.StatusCode)
+	}
+	h.cfg.Providers[0].Name = "corp-new" // a reload without "corp"
+	h.a = h.newAuthenticator()
+	if r := h.get(h.noFollow(h.client), h.url(appHost, PathMe)); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/me with a session of a provider no longer configured = %d, want 401", r.StatusCode)
+	}
+}

@@ -134,6 +134,14 @@ func (a *Authenticator) readSession(r *http.Request) (s *session, bad bool) {
 			bad = true
 			continue
 		}
+		if p := a.byName[got.Provider]; p == nil || p.cfg.Issuer != got.Issuer {
+			// Signed in through a provider that is no longer configured
+			// (or now names another issuer): the sign-in no longer counts.
+			// (The session cache is per configuration, so a cached session
+			// passed this check under the same providers.)
+			bad = true
+			continue
+		}
 		a.sessions.Put(c.Value, &got)
 		return &got, false
 	}
