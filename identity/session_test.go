@@ -53,7 +53,10 @@ func newSessionAuthenticator(t testing.TB, clock Clock, cookieName string, secre
 	if len(secrets) == 0 {
 		secrets = []string{testSecret}
 	}
-	cfg := Config{ExternalURL: "https://auth.example.test", Session: SessionConfig{CookieName: cookieName, Secrets: secrets}}
+	// The provider testSession names; it is never contacted (its issuer
+	// does not resolve), sessions only need it configured.
+	cfg := Config{ExternalURL: "https://auth.example.test", Session: SessionConfig{CookieName: cookieName, Secrets: secrets},
+		Providers: []ProviderConfig{{Name: "corp", Issuer: "https://idp.example.test", ClientID: "portcullis", ClientSecret: "unused"}}}
 	cfg.SetDefaults("")
 	acfg := AssertionConfig{SigningKeyFile: tempKeyFileTB(t)}
 	acfg.SetDefaults("")
