@@ -37,6 +37,11 @@ const (
 	// a provider's JWKS again, so that tokens with made-up kids cannot turn
 	// Portcullis into a load generator against the provider.
 	keyRefetchInterval = 30 * time.Second
+	// keyMaxAge is how long a fetched JWKS is trusted before it is fetched
+	// again, so that a key the provider withdrew (after a compromise, say)
+	// stops verifying even while every token names a key still cached.
+	// When the provider cannot be reached, the cached keys keep working.
+	keyMaxAge = 10 * time.Minute
 )
 
 // provider is one configured OIDC provider, discovered lazily: start-up
@@ -183,7 +188,8 @@ type remoteKeys struct {
 
 	mu      sync.Mutex
 	keys    []jose.JSONWebKey
-	fetched time.Time
+	fetched time.Time // the last fetch attempt ended
+	good    time.Time // the last successful fetch ended
 	sf      singleflight.Group
 }
 
@@ -199,8 +205,17 @@ func (k *remoteKeys) VerifySignature(ctx context.Context, raw string) ([]byte, e
 	}
 	kid := jws.Signatures[0].Header.KeyID
 	k.mu.Lock()
-	keys, fetched := k.keys, k.fetched
+	keys, fetched, good := k.keys, k.fetched, k.good
 	k.mu.Unlock()
+	if now := k.clock.Now(); !good.IsZero() && now.Sub(good) >= keyMaxAge && now.Sub(fetched) >= keyRefetchInterval {
+		// Stale: fetch the set again; keep the cached keys if that fails.
+		if v, err, _ := k.sf.Do("fetch", func() (any, error) { return k.fetch(ctx) }); err == nil {
+			keys = v.([]jose.JSONWebKey)
+		}
+		k.mu.Lock()
+		fetched = k.fetched
+		k.mu.Unlock()
+	}
 	if payload, found, ok := verifyWithKeys(jws, keys, kid); ok {
 		return payload, nil
 	} else if found || (!fetched.IsZero() && k.clock.Now().Sub(fetched) < keyRefetchInterval) {
@@ -276,6 +291,7 @@ func (k *remoteKeys) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 	}
 	k.mu.Lock()
 	k.keys = keys
+	k.good = k.clock.Now()
 	k.mu.Unlock()
 	return keys, nil
 }
