@@ -3,6 +3,7 @@ package identity
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -34,6 +35,9 @@ type loginState struct {
 	Verifier string `json:"v"`
 	Return   string `json:"r"`
 	Provider string `json:"p"`
+	// Binding is the hand-over binding the sign-in was started with
+	// (see bindHandover), carried to the hand-over code.
+	Binding string `json:"b,omitempty"`
 }
 
 // handover carries a session to a route host outside cookie_domain: sealed
@@ -42,6 +46,9 @@ type handover struct {
 	ID      string   `json:"id"`
 	Session *session `json:"s"`
 	Return  string   `json:"r"`
+	// Binding ties the code to the browser that started the sign-in on
+	// the target host (see bindHandover); "" when none did.
+	Binding string `json:"b,omitempty"`
 }
 
 func randomToken() string {
@@ -99,15 +106,57 @@ func (a *Authenticator) StartLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(a.providers) == 1 && a.sealer.usable() && a.reaches(host) {
 		if d, err := a.providers[0].get(r.Context()); err == nil {
-			a.redirectToProvider(w, r, a.providers[0].cfg.Name, d, target)
+			a.redirectToProvider(w, r, a.providers[0].cfg.Name, d, target, "")
 			return
 		}
 	}
-	http.Redirect(w, r, a.externalURL(PathLogin, url.Values{"rd": {target}}), http.StatusFound)
+	q := url.Values{"rd": {target}}
+	if !a.reaches(host) {
+		q.Set("hb", a.bindHandover(w))
+	}
+	http.Redirect(w, r, a.externalURL(PathLogin, q), http.StatusFound)
 }
 
-func (a *Authenticator) redirectToProvider(w http.ResponseWriter, r *http.Request, name string, d *discovered, target string) {
-	ls := loginState{State: randomToken(), Nonce: randomToken(), Verifier: oauth2.GenerateVerifier(), Return: target, Provider: name}
+// bindHandover is called on a route host that gets its session through a
+// hand-over code (outside cookie_domain) as it sends the browser to
+// external_url's sign-in: it sets a host-only cookie holding a random value
+// and returns that value's hash, which the sign-in seals into the code.
+// The host then takes the code only from a browser that holds the value:
+// an attacker's code (for the attacker's own session, minted on demand)
+// opened in a victim's browser does not sign the victim in as the attacker
+// (login CSRF).
+func (a *Authenticator) bindHandover(w http.ResponseWriter) string {
+	v := randomToken()
+	http.SetCookie(w, &http.Cookie{
+		Name: a.handoverCookieName(), Value: v, Path: PathCallback, MaxAge: int(loginStateTTL.Seconds()),
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+	})
+	return handoverBinding(v)
+}
+
+func (a *Authenticator) handoverCookieName() string {
+	return a.cfg.Session.CookieName + loginCookieInfix + "ho"
+}
+
+func handoverBinding(v string) string {
+	sum := sha256.Sum256([]byte("portcullis hand-over binding|" + v))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// validBinding accepts what handoverBinding returns (and "").
+func validBinding(b string) bool {
+	if b == "" {
+		return true
+	}
+	if len(b) != 43 {
+		return false
+	}
+	_, err := base64.RawURLEncoding.DecodeString(b)
+	return err == nil
+}
+
+func (a *Authenticator) redirectToProvider(w http.ResponseWriter, r *http.Request, name string, d *discovered, target, binding string) {
+	ls := loginState{State: randomToken(), Nonce: randomToken(), Verifier: oauth2.GenerateVerifier(), Return: target, Provider: name, Binding: binding}
 	b, _ := json.Marshal(ls)
 	v, err := a.sealer.seal(a.loginPurpose(ls.State), a.clock.Now().Add(loginStateTTL), b)
 	if err != nil {
@@ -156,15 +205,22 @@ func (a *Authenticator) serveLogin(w http.ResponseWriter, r *http.Request) {
 		if pr := q.Get("provider"); pr != "" {
 			nq.Set("provider", pr)
 		}
+		if !a.reaches(host) {
+			nq.Set("hb", a.bindHandover(w))
+		}
 		http.Redirect(w, r, a.externalURL(PathLogin, nq), http.StatusFound)
 		return
+	}
+	binding := q.Get("hb")
+	if !validBinding(binding) {
+		binding = ""
 	}
 	if len(a.providers) == 0 || !a.sealer.usable() {
 		writePage(w, http.StatusNotFound, page{Title: "Sign-in is not configured", Message: "No identity provider is configured for browser sign-in."})
 		return
 	}
 	if s := a.currentSession(w, r); s != nil {
-		a.finish(w, r, s, target)
+		a.finish(w, r, s, target, binding)
 		return
 	}
 	name := q.Get("provider")
@@ -174,7 +230,11 @@ func (a *Authenticator) serveLogin(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		choices := make([]providerChoice, len(a.providers))
 		for i, p := range a.providers {
-			choices[i] = providerChoice{Name: p.cfg.Name, URL: PathLogin + "?" + url.Values{"provider": {p.cfg.Name}, "rd": {target}}.Encode()}
+			cq := url.Values{"provider": {p.cfg.Name}, "rd": {target}}
+			if binding != "" {
+				cq.Set("hb", binding)
+			}
+			choices[i] = providerChoice{Name: p.cfg.Name, URL: PathLogin + "?" + cq.Encode()}
 		}
 		writePage(w, http.StatusOK, page{Title: "Sign in", Message: "Choose how you want to sign in.", Providers: choices})
 		return
@@ -196,13 +256,13 @@ func (a *Authenticator) serveLogin(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	a.redirectToProvider(w, r, name, d, target)
+	a.redirectToProvider(w, r, name, d, target, binding)
 }
 
 // finish sends a signed-in user to target: directly when the session
 // cookie just set reaches target's host, otherwise through a one-time
 // hand-over code on that host's own /.portcullis/callback.
-func (a *Authenticator) finish(w http.ResponseWriter, r *http.Request, s *session, target string) {
+func (a *Authenticator) finish(w http.ResponseWriter, r *http.Request, s *session, target, binding string) {
 	host, _ := splitHost(r.Host)
 	tu, err := url.Parse(target)
 	if err != nil {
@@ -214,7 +274,7 @@ func (a *Authenticator) finish(w http.ResponseWriter, r *http.Request, s *sessio
 		http.Redirect(w, r, target, http.StatusFound)
 		return
 	}
-	ho := handover{ID: randomToken(), Session: s, Return: target}
+	ho := handover{ID: randomToken(), Session: s, Return: target, Binding: binding}
 	b, _ := json.Marshal(ho)
 	code, err := a.sealer.seal(a.handoverPurpose(th), a.clock.Now().Add(handoverTTL), b)
 	if err != nil {
@@ -223,6 +283,11 @@ func (a *Authenticator) finish(w http.ResponseWriter, r *http.Request, s *sessio
 		return
 	}
 	http.Redirect(w, r, "https://"+tu.Host+PathCallback+"?"+url.Values{"handover": {code}}.Encode(), http.StatusFound)
+}
+
+func (a *Authenticator) expireHandoverCookie(w http.ResponseWriter) {
+	http.SetCookie(w, &http.Cookie{Name: a.handoverCookieName(), Value: "", Path: PathCallback, MaxAge: -1,
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 }
 
 func (a *Authenticator) handoverPurpose(host string) string {
@@ -331,7 +396,7 @@ func (a *Authenticator) serveCallback(w http.ResponseWriter, r *http.Request) {
 	} else {
 		target = "/"
 	}
-	a.finish(w, r, s, target)
+	a.finish(w, r, s, target, ls.Binding)
 }
 
 // serveHandover accepts a hand-over code sealed for this host, once.
@@ -352,6 +417,26 @@ func (a *Authenticator) serveHandover(w http.ResponseWriter, r *http.Request, co
 		a.badState(w, r, "session expired")
 		return
 	}
+	if ho.Binding == "" {
+		// Minted by a sign-in this host did not start (a link straight to
+		// external_url's sign-in): no proof that this browser asked for
+		// it. Start this host's own sign-in, which binds, for the same
+		// target; a signed-in user goes through without a prompt.
+		target := "https://" + joinHostPort(host, port) + "/"
+		if t, ok := a.returns.check(ho.Return, host, port); ok {
+			if tu, err := url.Parse(t); err == nil && tu.Hostname() == host {
+				target = t
+			}
+		}
+		http.Redirect(w, r, a.externalURL(PathLogin, url.Values{"rd": {target}, "hb": {a.bindHandover(w)}}), http.StatusFound)
+		return
+	}
+	c, err := r.Cookie(a.handoverCookieName())
+	if err != nil || subtle.ConstantTimeCompare([]byte(handoverBinding(c.Value)), []byte(ho.Binding)) != 1 {
+		a.badState(w, r, "hand-over code not started in this browser")
+		return
+	}
+	a.expireHandoverCookie(w)
 	if err := a.setSession(w, r, ho.Session); err != nil {
 		a.log.Error("identity: setting session cookie", "err", err)
 		writePage(w, http.StatusInternalServerError, page{Title: "Sign-in failed", Message: "Portcullis could not store the session."})

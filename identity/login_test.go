@@ -617,3 +617,63 @@ func TestSessionOfRemovedProviderIsRefused(t *testing.T) {
 		t.Errorf("/me with a session of a provider no longer configured = %d, want 401", r.StatusCode)
 	}
 }
+
+// TestHandoverCodeWorksOnlyInTheBrowserThatAsked: an attacker mints
+// hand-over codes for the attacker's own session on demand; opened in a
+// victim's browser, such a code must not sign the victim in as the attacker
+// (login CSRF), whether the attacker minted it with a binding of its own or
+// without one. The browser that started the sign-in is signed in.
+func TestHandoverCodeWorksOnlyInTheBrowserThatAsked(t *testing.T) {
+	h := newHarness(t)
+	h.idp.QueueUser("mallory", "mallory@example.test", nil)
+	attacker := h.newClient()
+	h.login(attacker, h.url(appHost, "/"))
+	an := h.noFollow(attacker)
+	inbox := h.url(farHost, "/inbox")
+
+	mint := func(startURL string) string {
+		t.Helper()
+		resp := h.get(an, startURL)
+		for resp.StatusCode == http.StatusFound {
+			loc, _ := url.Parse(resp.Header.Get("Location"))
+			if loc.Hostname() == farHost && loc.Path == PathCallback {
+				return loc.String()
+			}
+			resp = h.get(an, loc.String())
+		}
+		t.Fatalf("no hand-over code from %s: %d", startURL, resp.StatusCode)
+		return ""
+	}
+	victimGets := func(code string) *http.Response {
+		t.Helper()
+		victim := h.newClient()
+		resp := h.get(h.noFollow(victim), code, "Sec-Fetch-Site", "cross-site")
+		if me := h.get(h.noFollow(victim), h.url(farHost, PathMe)); me.StatusCode != http.StatusUnauthorized {
+			t.Errorf("the victim's browser is signed in after opening the attacker's code: /me = %d %s", me.StatusCode, readBody(me))
+		}
+		return resp
+	}
+
+	// Minted without a binding (straight at external_url's sign-in): the
+	// far host starts its own sign-in instead.
+	resp := victimGets(mint(h.url(extHost, PathLogin+"?rd="+url.QueryEscape(inbox))))
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusFound || loc.Hostname() != extHost || loc.Path != PathLogin || loc.Query().Get("hb") == "" {
+		t.Errorf("unbound code: %d to %s, want this host's own bound sign-in", resp.StatusCode, loc)
+	}
+
+	// Minted through the far host's own sign-in: bound to the attacker's
+	// browser.
+	code := mint(h.url(farHost, PathLogin+"?rd="+url.QueryEscape(inbox)))
+	if resp := victimGets(code); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("code bound to another browser: %d, want 400", resp.StatusCode)
+	}
+	// The attacker's own browser could use a fresh one.
+	code = mint(h.url(farHost, PathLogin+"?rd="+url.QueryEscape(inbox)))
+	if resp := h.get(an, code); resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != inbox {
+		t.Errorf("code in the browser that asked: %d to %q, want 302 to %s", resp.StatusCode, resp.Header.Get("Location"), inbox)
+	}
+	if me := h.get(an, h.url(farHost, PathMe)); me.StatusCode != http.StatusOK {
+		t.Errorf("the browser that asked is not signed in on the far host: %d", me.StatusCode)
+	}
+}
