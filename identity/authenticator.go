@@ -92,7 +92,7 @@ func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*
 		},
 		byName: map[string]*provider{}, byIssuer: map[string]*provider{},
 		externalHost: extHost, externalPort: extPort, refreshFrac: opts.RefreshFraction,
-		used:    newReplayCache(100_000),
+		used:    opts.Replay.cache(),
 		backoff: map[string]time.Time{},
 	}
 	redirect := cfg.external.String() + PathCallback
@@ -235,6 +235,14 @@ type replayCache struct {
 	mu   sync.Mutex
 	max  int
 	seen map[string]time.Time
+}
+
+// cache is the shared cache, or a new one for a nil ReplayCache.
+func (r *ReplayCache) cache() *replayCache {
+	if r == nil {
+		return newReplayCache(100_000)
+	}
+	return r.c
 }
 
 func newReplayCache(max int) *replayCache {

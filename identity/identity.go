@@ -105,4 +105,17 @@ type Options struct {
 	// RefreshFraction: a session is refreshed with the provider once less
 	// than this fraction of its ID token's lifetime is left (default 0.25).
 	RefreshFraction float64
+	// Replay remembers the one-time values used (login states, hand-over
+	// codes) until they expire. Pass the same one to every Authenticator a
+	// process builds on configuration reloads, so that a reload does not
+	// make a used value usable again. nil: a new one.
+	Replay *ReplayCache
 }
+
+// ReplayCache is the memory of used one-time values that Options.Replay
+// shares across Authenticators. Safe for concurrent use.
+type ReplayCache struct{ c *replayCache }
+
+// NewReplayCache returns an empty ReplayCache (at most 100,000 values
+// remembered; the oldest expiring go first).
+func NewReplayCache() *ReplayCache { return &ReplayCache{c: newReplayCache(100_000)} }

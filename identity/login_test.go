@@ -677,3 +677,33 @@ func TestHandoverCodeWorksOnlyInTheBrowserThatAsked(t *testing.T) {
 		t.Errorf("the browser that asked is not signed in on the far host: %d", me.StatusCode)
 	}
 }
+
+// TestUsedHandoverStaysUsedAcrossReload: a reload builds a new
+// Authenticator; with the process's ReplayCache, a hand-over code used
+// before it is still refused after it.
+func TestUsedHandoverStaysUsedAcrossReload(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.opts.Replay = NewReplayCache() })
+	h.idp.QueueUser("alice", "alice@example.test", nil)
+	c := h.newClient()
+	h.login(c, h.url(appHost, "/"))
+	nf := h.noFollow(c)
+	resp := h.get(nf, h.url(farHost, PathLogin+"?rd=/"))
+	for resp.StatusCode == http.StatusFound {
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if loc.Hostname() == farHost && loc.Path == PathCallback {
+			break
+		}
+		resp = h.get(nf, loc.String())
+	}
+	code := resp.Header.Get("Location")
+	cu, _ := url.Parse(code)
+	binding := c.Jar.Cookies(cu) // the browser's hand-over binding
+	if r := h.get(nf, code); r.StatusCode != http.StatusFound {
+		t.Fatalf("first use: %d", r.StatusCode)
+	}
+	c.Jar.SetCookies(cu, binding) // so that only the replay check can refuse
+	h.a = h.newAuthenticator()    // a configuration reload
+	if r := h.get(nf, code); r.StatusCode != http.StatusBadRequest {
+		t.Errorf("the used code after a reload: %d, want 400", r.StatusCode)
+	}
+}

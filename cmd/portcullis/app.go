@@ -44,6 +44,9 @@ type app struct {
 
 	mu  sync.Mutex // serializes reloads
 	cfg *config.File
+	// replay outlives the Authenticators reloads build: a used login state
+	// or hand-over code stays used.
+	replay *identity.ReplayCache
 }
 
 // appOptions carry what differs between `serve`, `dev` and tests.
@@ -76,7 +79,7 @@ func newLogger(cfg config.LogConfig, w io.Writer) *slog.Logger {
 }
 
 func newApp(ctx context.Context, cfg *config.File, cfgPath string, opts appOptions) (*app, error) {
-	a := &app{cfgPath: cfgPath, log: opts.Logger, reg: prometheus.NewRegistry(), cfg: cfg}
+	a := &app{cfgPath: cfgPath, log: opts.Logger, reg: prometheus.NewRegistry(), cfg: cfg, replay: identity.NewReplayCache()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
@@ -158,6 +161,7 @@ func (a *app) buildState(ctx context.Context, cfg *config.File, opts appOptions)
 		HTTPClient:  opts.HTTPClient,
 		HostAllowed: a.hostAllowed,
 		HTTPSPort:   portOf(cfg.Listen.HTTPS),
+		Replay:      a.replay,
 	})
 	if err != nil {
 		return nil, err
