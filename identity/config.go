@@ -136,6 +136,7 @@ func (c *Config) Validate(p *confkit.Problems, path string) {
 	}
 
 	seen := map[string]int{}
+	issuers := map[string]int{}
 	for i := range c.Providers {
 		pp := confkit.Index(confkit.Join(path, "providers"), i)
 		pr := &c.Providers[i]
@@ -151,6 +152,15 @@ func (c *Config) Validate(p *confkit.Problems, path string) {
 			seen[pr.Name] = i
 		}
 		validateIssuer(p, confkit.Join(pp, "issuer"), pr.Issuer)
+		if pr.Issuer != "" {
+			// A bearer token names its issuer, not the provider entry: two
+			// entries for one issuer could not be told apart.
+			if j, dup := issuers[pr.Issuer]; dup {
+				p.Add(confkit.Join(pp, "issuer"), "%q is already the issuer of providers[%d]: give each issuer one provider entry", pr.Issuer, j)
+			} else {
+				issuers[pr.Issuer] = i
+			}
+		}
 		if pr.ClientID == "" {
 			p.Add(confkit.Join(pp, "client_id"), "is required: the client id registered at the provider")
 		}
