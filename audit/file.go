@@ -307,9 +307,15 @@ func (s *FileSink) Close() error {
 // Events come in file order, which is Seq order per instance. A line not
 // yet complete (being written) is not read until its newline arrives.
 type FileSource struct {
-	path string
-	poll time.Duration
+	path    string
+	poll    time.Duration
+	foreign func(where string, err error)
 }
+
+// ReportForeign makes Read and Follow skip lines that are not audit
+// events, calling fn for each, instead of failing on the first (see
+// ForeignReporter).
+func (s *FileSource) ReportForeign(fn func(where string, err error)) { s.foreign = fn }
 
 var _ Source = (*FileSource)(nil)
 
@@ -378,8 +384,12 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 	}
 	deliver := func(line []byte, where string) (bool, error) {
 		var ev Event
-		if err := json.Unmarshal(line, &ev); err != nil {
-			return false, fmt.Errorf("audit: file source: %s: not an event: %w", where, err)
+		if err := decodeEvent(line, &ev); err != nil {
+			if s.foreign == nil {
+				return false, fmt.Errorf("audit: file source: %s: not an event: %w", where, err)
+			}
+			s.foreign(where, err)
+			return true, nil
 		}
 		if !f.Since.IsZero() && ev.Time.Before(f.Since) || !f.Until.IsZero() && !ev.Time.Before(f.Until) {
 			return true, nil

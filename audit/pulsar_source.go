@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -31,10 +30,16 @@ import (
 // the topic's first, so nothing is discarded, and the real read never
 // seeks.
 type PulsarSource struct {
-	opts   PulsarOptions
-	topic  string
-	client pulsar.Client
+	opts    PulsarOptions
+	topic   string
+	client  pulsar.Client
+	foreign func(where string, err error)
 }
+
+// ReportForeign makes Read and Follow skip messages that are not audit
+// events, calling fn for each, instead of failing on the first (see
+// ForeignReporter).
+func (s *PulsarSource) ReportForeign(fn func(where string, err error)) { s.foreign = fn }
 
 var _ Source = (*PulsarSource)(nil)
 
@@ -125,10 +130,13 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 			return nil
 		}
 		ev := new(Event)
-		if err := json.Unmarshal(msg.Payload(), ev); err != nil {
-			return fmt.Errorf("audit: pulsar: message %s of %s is not an audit event: %w", id, s.topic, err)
-		}
-		if inTimeRange(ev.Time, f) {
+		if err := decodeEvent(msg.Payload(), ev); err != nil {
+			where := fmt.Sprintf("message %s of %s", id, s.topic)
+			if s.foreign == nil {
+				return fmt.Errorf("audit: pulsar: %s is not an audit event: %w", where, err)
+			}
+			s.foreign(where, err)
+		} else if inTimeRange(ev.Time, f) {
 			more, err := fn(ev)
 			if err != nil {
 				return err

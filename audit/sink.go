@@ -2,7 +2,9 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -102,6 +104,26 @@ type Filter struct {
 	User     string
 	Route    string
 	Decision string
+}
+
+// ForeignReporter is implemented by the Sources (file, Pulsar): after
+// ReportForeign(fn), a stored record that is not an audit event (a stray
+// message in the topic, a foreign or torn line in a file) is skipped and
+// reported to fn with where it is, instead of ending Read with an error.
+type ForeignReporter interface {
+	ReportForeign(fn func(where string, err error))
+}
+
+// decodeEvent decodes one stored event, refusing JSON that is not one
+// (no schema version, instance, seq or id).
+func decodeEvent(data []byte, ev *Event) error {
+	if err := json.Unmarshal(data, ev); err != nil {
+		return err
+	}
+	if ev.Schema != SchemaVersion || ev.Instance == "" || ev.Seq == 0 || ev.ID == "" {
+		return fmt.Errorf("not a schema %d audit event (schema %d, instance %q, seq %d)", SchemaVersion, ev.Schema, ev.Instance, ev.Seq)
+	}
+	return nil
 }
 
 // Source reads events back in time order (query, tail, verify).

@@ -66,6 +66,7 @@ type auditFlags struct {
 	user, route, decision                  string
 	limit                                  int
 	output                                 string
+	foreign                                int // records skipped: not audit events
 }
 
 const (
@@ -213,6 +214,16 @@ func prepare(fs *flag.FlagSet, a *auditFlags, args []string, stderr io.Writer) (
 	src, err := a.openSource(stderr)
 	if err != nil {
 		return f, nil, auditFail(stderr, fs.Name(), err)
+	}
+	if fr, ok := src.(audit.ForeignReporter); ok {
+		// A record that is not an audit event (a stray message in the
+		// topic, a foreign line in the file) is named and skipped, so that
+		// one cannot hide the rest; verify fails on it.
+		name := fs.Name()
+		fr.ReportForeign(func(where string, err error) {
+			a.foreign++
+			fmt.Fprintf(stderr, "portcullis %s: skipped %s: not an audit event: %v\n", name, where, err)
+		})
 	}
 	return f, src, -1
 }
@@ -502,6 +513,12 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 			broken++
 		}
 		fmt.Fprintf(stdout, "%s: seq %d..%d, %d events: %s\n", r.Instance, r.First, r.Last, r.Events, state)
+	}
+	if a.foreign > 0 {
+		fmt.Fprintf(stderr, "portcullis audit verify: %d stored records are not audit events (named above): the trail holds something Portcullis did not write\n", a.foreign)
+		if v.First() == nil {
+			return exitFail
+		}
 	}
 	if first := v.First(); first != nil {
 		more := ""

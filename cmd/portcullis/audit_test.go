@@ -574,3 +574,29 @@ func TestAuditVerifyTimeWindow(t *testing.T) {
 		t.Errorf("verify of a window missing seq 21: exit %d %q, want 1 naming the link at seq 22", code, errOut)
 	}
 }
+
+// TestAuditForeignRecordsAreSkippedAndNamed: a record that is not an audit
+// event (a stray line, JSON that is no event) is named and skipped by
+// query, so that one cannot hide the rest of the trail; verify fails on it.
+func TestAuditForeignRecordsAreSkippedAndNamed(t *testing.T) {
+	evs := chainedEvents(t, "portcullis-fgn", 6, time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC), time.Second)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	writeJSONL(t, path, evs)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	tampered := strings.Join(lines[:3], "") + "garbage\n" + `{"hello":"world"}` + "\n" + strings.Join(lines[3:], "")
+	if err := os.WriteFile(path, []byte(tampered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runAuditT(t, "query", "--file", path, "--output", "jsonl")
+	if code != exitOK || len(jsonlIDs(t, out)) != 6 || strings.Count(errOut, "not an audit event") != 2 {
+		t.Errorf("query over two foreign lines: exit %d, %d events, stderr %q; want the 6 events and both lines named", code, len(jsonlIDs(t, out)), errOut)
+	}
+	code, _, errOut = runAuditT(t, "verify", "--file", path)
+	if code != exitFail || !strings.Contains(errOut, "audit.jsonl:4:") || !strings.Contains(errOut, "not audit events") {
+		t.Errorf("verify over foreign lines: exit %d %q, want 1 naming line 4", code, errOut)
+	}
+}
