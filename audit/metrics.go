@@ -54,6 +54,15 @@ func newMetrics(p *Pipeline) *metrics {
 			return float64(p.spool.Stats().Bytes)
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "portcullis_audit_last_seq",
+			Help:        "The seq of the last audit event this instance recorded: what the trail's newest event of the instance should carry (a trail cut at its end shows a lower one).",
+			ConstLabels: prometheus.Labels{"instance_id": p.instance},
+		}, func() float64 {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return float64(p.last.Seq)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "portcullis_audit_backlog_events",
 			Help: "Recorded audit events the sink has not acknowledged yet.",
 		}, func() float64 { return float64(p.backlog()) }),
