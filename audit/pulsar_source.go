@@ -87,7 +87,7 @@ func (s *PulsarSource) read(ctx context.Context, f Filter, fn func(*Event) (bool
 			return fmt.Errorf("audit: pulsar: last message id of %s: %w", s.topic, err)
 		}
 		if last.EntryID() < 0 {
-			return nil // empty topic
+			return fmt.Errorf("audit: pulsar: topic %s holds no messages at all (is the topic name right? the broker creates a topic it does not know when it is read): %w", s.topic, ErrNoEvents)
 		}
 	}
 	if !f.Since.IsZero() {

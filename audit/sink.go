@@ -16,6 +16,9 @@ var (
 	ErrUnavailable = errors.New("audit: cannot record event")
 	// ErrClosed means the recorder was closed.
 	ErrClosed = errors.New("audit: closed")
+	// ErrNoEvents means a Source's trail holds nothing at all (an empty or
+	// misnamed topic), as opposed to no event in a time range.
+	ErrNoEvents = errors.New("audit: the trail holds no events")
 )
 
 // Recorder is the proxy's view of the audit pipeline.
