@@ -185,6 +185,8 @@ type PulsarSink struct {
 	inFlight    int
 	lastStarted *pulsarPending
 
+	dupCount prometheus.Counter
+
 	waitingSince atomic.Int64 // unix nanos of the oldest unacknowledged send, 0 when none
 	live         atomic.Bool
 	detail       atomic.Value // string
@@ -236,6 +238,18 @@ func NewPulsarSink(ctx context.Context, cfg PulsarConfig, opts PulsarOptions) (*
 			CompressionType:         compression,
 			BackOffPolicyFunc:       func() backoff.Policy { return newCappedBackoff(opts.RetryMax) },
 		},
+	}
+	s.dupCount = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "portcullis_audit_pulsar_duplicates_total",
+		Help: "Events the broker acknowledged as duplicates of events it already held (see the log when this grows outside restarts).",
+	})
+	if err := opts.Registerer.Register(s.dupCount); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			client.Close()
+			return nil, fmt.Errorf("audit: pulsar sink: %w", err)
+		}
+		s.dupCount = are.ExistingCollector.(prometheus.Counter)
 	}
 	s.detail.Store("connecting")
 	s.startConnect()
@@ -371,6 +385,9 @@ func (pd *pulsarPending) Wait(ctx context.Context) error {
 		s.abandon(pd.p, err)
 		return err
 	}
+	if n := pd.w.duplicates(); n > 0 {
+		s.duplicates(n, true)
+	}
 	pd.w = nil
 	if s.lastStarted == pd {
 		s.lastStarted = nil
@@ -427,7 +444,29 @@ func (s *PulsarSink) sendSingly(ctx context.Context, p pulsar.Producer, events [
 	if err := w.wait(ctx); err != nil {
 		return fmt.Errorf("audit: pulsar: publish: %w", err)
 	}
+	if n := w.duplicates(); n > 0 {
+		s.duplicates(n, false)
+	}
 	return nil
+}
+
+// duplicates accounts for n events the broker acknowledged as copies of
+// events it already held (same producer, seq not above its watermark).
+// Replaying the spool after a restart sends some on purpose (acknowledged
+// before the crash, but not yet noted as such), and the client resends
+// batches after a reconnect; but the broker drops a NEW event the same way
+// when this instance's chain went back (a data_dir restored from a backup,
+// two proxies with one audit instance id), and that event is then lost.
+// They are counted in portcullis_audit_pulsar_duplicates_total and logged.
+func (s *PulsarSink) duplicates(n int, batched bool) {
+	s.dupCount.Add(float64(n))
+	if !batched {
+		s.log.Info("audit: the broker already held events replayed after a (re)connect", "events", n)
+		return
+	}
+	s.log.Warn("audit: the broker dropped events as duplicates of events it already held: expected only after a "+
+		"reconnect resent them; otherwise this instance's chain went back (a restored data_dir, or two proxies with one "+
+		"audit.instance) and the events are lost", "events", n)
 }
 
 // sendBatched sends events in chunks shaped as the design note says, each
@@ -489,6 +528,7 @@ func (s *PulsarSink) sendBatched(ctx context.Context, p pulsar.Producer, events 
 type ackWaiter struct {
 	mu        sync.Mutex
 	remaining int
+	dups      int // acknowledged as duplicates: the broker already held them
 	err       error
 	done      chan struct{}
 }
@@ -497,16 +537,26 @@ func newAckWaiter(n int) *ackWaiter {
 	return &ackWaiter{remaining: n, done: make(chan struct{})}
 }
 
-func (w *ackWaiter) callback(_ pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
+func (w *ackWaiter) callback(id pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil && w.err == nil {
 		w.err = err
 	}
+	if err == nil && id != nil && id.LedgerID() < 0 && id.EntryID() < 0 {
+		// The broker's receipt for a message it dropped by de-duplication.
+		w.dups++
+	}
 	w.remaining--
 	if w.remaining == 0 {
 		close(w.done)
 	}
+}
+
+func (w *ackWaiter) duplicates() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dups
 }
 
 func (w *ackWaiter) failed() error {
