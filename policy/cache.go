@@ -57,7 +57,7 @@ type cachePlan struct {
 func planCache(c *ast.Compiler, pkg ast.Ref) cachePlan {
 	var roots []*ast.Rule
 	for _, name := range decisionRules {
-		roots = append(roots, decisionRuleDefs(c, pkg, name)...)
+		roots = append(roots, contributingRules(c, pkg.Append(ast.StringTerm(name)))...)
 	}
 	seen := map[*ast.Rule]bool{}
 	var plan cachePlan
@@ -77,6 +77,13 @@ func planCache(c *ast.Compiler, pkg ast.Ref) cachePlan {
 					visit(d)
 				}
 			}
+			// A function or document put in place with `with` (f as g)
+			// is evaluated too, whether or not the graph lists it.
+			for _, ref := range withValueRefs(r) {
+				for _, d := range contributingRules(c, ref) {
+					visit(d)
+				}
+			}
 		}
 	}
 	for _, r := range roots {
@@ -92,8 +99,47 @@ func planCache(c *ast.Compiler, pkg ast.Ref) cachePlan {
 	return plan
 }
 
-// impureCall names the first builtin call in x whose result may change
-// between two evaluations with the same input and data, or is "".
+// contributingRules returns every rule, in any package, that can produce
+// part of the document at target: rules at or below it (a package's
+// `allow`, `headers["X-Team"]`), and rules that produce a document
+// containing it (a parent package's `demo.allow if ...`, or
+// `routes[name] := {...}`). More rules only make the plan more cautious.
+func contributingRules(c *ast.Compiler, target ast.Ref) []*ast.Rule {
+	var out []*ast.Rule
+	for _, m := range c.Modules {
+		for _, r := range m.Rules {
+			if r.Module == nil {
+				continue
+			}
+			gp := r.Ref().GroundPrefix()
+			if gp.HasPrefix(target) || target.HasPrefix(gp) {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// withValueRefs returns the references named as the value of a `with` in
+// x (`with f as g`, `with data.x as data.y`) that point into data.
+func withValueRefs(x any) []ast.Ref {
+	var out []ast.Ref
+	ast.NewGenericVisitor(func(x any) bool {
+		if e, ok := x.(*ast.Expr); ok {
+			for _, w := range e.With {
+				if ref, ok := w.Value.Value.(ast.Ref); ok && ref.HasPrefix(ast.DefaultRootRef) {
+					out = append(out, ref)
+				}
+			}
+		}
+		return false
+	}).Walk(x)
+	return out
+}
+
+// impureCall names the first builtin in x whose result may change between
+// two evaluations with the same input and data, called or put in place of
+// a function with `with` (`with f as rand.intn`), or is "".
 func impureCall(x any) string {
 	var found string
 	check := func(op ast.Ref) {
@@ -110,6 +156,14 @@ func impureCall(x any) string {
 		case *ast.Expr:
 			if x.IsCall() {
 				check(x.Operator())
+			}
+			for _, w := range x.With {
+				switch v := w.Value.Value.(type) {
+				case ast.Ref:
+					check(v)
+				case ast.Var:
+					check(ast.Ref{ast.NewTerm(v)})
+				}
 			}
 		case ast.Call:
 			if op, ok := x[0].Value.(ast.Ref); ok {

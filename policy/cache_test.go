@@ -86,6 +86,48 @@ allow if {
 
 allow if rand.intn("x", 2) == 0
 `,
+		// The decision set from a parent package (reviewer's HIGH finding:
+		// this rule was left out of the key, and bob's allow served alice).
+		"routes/parent.rego": `package routes
+
+fromparent.allow if "admins" in input.user.groups
+`,
+		"routes/fromparent.rego": `package routes.fromparent
+
+default allow := false
+
+reason := "fallback"
+`,
+		// Builtins put in place of a function with ` + "`with`" + `.
+		"routes/withrand.rego": `package routes.withrand
+
+h(_, _) := 1
+
+allow if {
+	x := h("k", 2) with h as rand.intn
+	x == 0
+}
+`,
+		"routes/withsend.rego": `package routes.withsend
+
+g(_) := {"status_code": 200}
+
+allow if {
+	r := g({"method": "GET", "url": "http://127.0.0.1:1/"}) with g as http.send
+	r.status_code == 200
+}
+`,
+		"routes/withfn.rego": `package routes.withfn
+
+import data.lib.deep
+
+f := 0
+
+allow if {
+	x := f with f as deep.now_hour
+	x < 25
+}
+`,
 	})
 	s := mustLoad(t, dir, LoadOptions{DecisionCache: 100})
 	for _, tc := range []struct {
@@ -99,6 +141,10 @@ allow if rand.intn("x", 2) == 0
 		{pkg: "routes.clock", why: "calls time.now_ns"},
 		{pkg: "routes.token", why: "calls io.jwt.decode_verify"},
 		{pkg: "routes.rand", why: "calls rand.intn"},
+		{pkg: "routes.fromparent", use: fUserGroups},
+		{pkg: "routes.withrand", why: "calls rand.intn"},
+		{pkg: "routes.withsend", why: "calls http.send"},
+		{pkg: "routes.withfn", why: "calls time.now_ns"},
 		{pkg: "routes.reqtime", why: "reads input.request.time"},
 		{pkg: "routes.reqid", why: "reads input.request.id"},
 	} {
