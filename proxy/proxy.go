@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -104,6 +105,27 @@ type Handler struct {
 	clock Clock
 	m     *metrics
 	state atomic.Pointer[State]
+	// active counts requests in ServeHTTP or ServePlain, so that shutdown
+	// can wait until each has recorded its audit event (see Settle).
+	active atomic.Int64
+}
+
+// Settle waits until no request is being handled any more, or ctx ends
+// (then it returns ctx's error). After the servers were shut down (their
+// connections closed at the drain deadline), a request that was cut off is
+// still recording its audit event; the audit pipeline must stay open until
+// Settle returns.
+func (h *Handler) Settle(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for h.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("proxy: %d requests still being handled: %w", h.active.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // NewHandler builds a Handler serving st.

@@ -55,6 +55,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{st: st, start: h.clock.Now(), rc: http.NewResponseController(w)}
 	h.m.inflight.Inc()
 	defer h.m.inflight.Dec()
+	h.active.Add(1)
+	defer h.active.Add(-1)
 
 	x.client = resolveClient(r, st.Listen.Trusted)
 	x.id = x.client.RequestID
@@ -208,6 +210,8 @@ func statusDecision(status int) string {
 // own endpoints: no policy, a decision that follows the status.
 func (h *Handler) ServePlain(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.active.Add(1)
+		defer h.active.Add(-1)
 		st := h.state.Load()
 		x := &exchange{st: st, start: h.clock.Now(), own: true}
 		x.client = resolveClient(r, st.Listen.Trusted)

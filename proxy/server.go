@@ -75,6 +75,10 @@ func (s *Server) startedChan() chan struct{} {
 	return s.started
 }
 
+// settleTimeout bounds the wait, after the drain, for handlers of requests
+// cut at the deadline to record their audit events.
+const settleTimeout = 10 * time.Second
+
 // Run serves until ctx is cancelled, then drains in-flight requests for at
 // most Server.ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
@@ -191,6 +195,15 @@ func (s *Server) Run(ctx context.Context) error {
 			wg.Go(func() { errs[i] = shutdown(srv) })
 		}
 		wg.Wait()
+		if s.Handler != nil {
+			// Requests cut at the deadline are still recording their
+			// audit events (the caller closes the pipeline after Run).
+			wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+			if err := s.Handler.Settle(wctx); err != nil {
+				log.Error("shutdown: requests still running after the drain; their audit events may be lost", "err", err)
+			}
+			wcancel()
+		}
 		errs[len(servers)-1] = shutdown(admin)
 		if deadlinePassed.Load() {
 			log.Warn("shutdown: the drain deadline passed; connections still open were closed", "deadline", s.Server.ShutdownTimeout)

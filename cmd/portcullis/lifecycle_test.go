@@ -7,7 +7,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,5 +201,41 @@ func TestHTTP2ClientThroughProxy(t *testing.T) {
 	resp.Body.Close()
 	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || string(b) != "POST /upload "+string(body) {
 		t.Errorf("POST over h2 = HTTP/%d %d, %d bytes", resp.ProtoMajor, resp.StatusCode, len(b))
+	}
+}
+
+// A request the drain deadline cuts before its upstream answered is still
+// audited: the audit pipeline closes only after every handler has recorded
+// its event. (It used to be dropped as "closed", and verify could not tell:
+// the event never got a seq.)
+func TestShutdownDrainDeadlineStillAuditsCutRequest(t *testing.T) {
+	arrived := make(chan struct{})
+	var once sync.Once
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(arrived) })
+		<-r.Context().Done() // never answers
+	}))
+	defer up.Close()
+	idp := idtest.NewProvider(t)
+	s := newStack(t, rlConfig(idp, "server:\n  shutdown_timeout: 300ms\nroutes:"+rlRoute("app", "app.example.test", up.URL)))
+	rlWritePolicies(t, s)
+	s.Start(appOptions{})
+	go func() {
+		resp, err := s.Client().Get(s.URL("app.example.test", "/hang"))
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-arrived
+	s.Stop()
+	b, err := os.ReadFile(filepath.Join(s.Dir, "data", "audit.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"path":"/hang"`) {
+		t.Errorf("no audit event for the request the drain deadline cut:\n%s\nlogs:\n%s", b, s.Logs.String())
+	}
+	if strings.Contains(s.Logs.String(), "event dropped") {
+		t.Errorf("an audit event was dropped at shutdown:\n%s", s.Logs.String())
 	}
 }
