@@ -271,7 +271,9 @@ func readHeaders(v ast.Value, notes []string) (map[string]string, []string) {
 			return
 		}
 		canon := http.CanonicalHeaderKey(string(name))
-		if why := refusedHeader(canon); why != "" {
+		// Checked with '_' read as '-' as well: CGI, PHP and some Python
+		// servers read X_Portcullis_User as X-Portcullis-User.
+		if why := refusedHeader(http.CanonicalHeaderKey(strings.ReplaceAll(string(name), "_", "-"))); why != "" {
 			notes = append(notes, fmt.Sprintf("header %s ignored: %s", canon, why))
 			return
 		}
@@ -280,8 +282,9 @@ func readHeaders(v ast.Value, notes []string) (map[string]string, []string) {
 			notes = append(notes, fmt.Sprintf("header %s ignored: value is not a string", canon))
 			return
 		}
-		if strings.ContainsAny(string(sv), "\r\n\x00") {
-			notes = append(notes, fmt.Sprintf("header %s ignored: value holds a line break or NUL", canon))
+		if strings.ContainsFunc(string(sv), func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			// net/http would refuse the whole upstream request.
+			notes = append(notes, fmt.Sprintf("header %s ignored: value holds a control character", canon))
 			return
 		}
 		if out == nil {
