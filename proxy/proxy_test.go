@@ -61,6 +61,9 @@ func (fakePolicy) Eval(ctx context.Context, pkg string, in *policy.Input) policy
 	if strings.HasPrefix(in.Request.Path, "/deny") {
 		return policy.Decision{Outcome: "deny", Reason: "denied by test", Status: 403, Package: pkg}
 	}
+	if strings.HasPrefix(in.Request.Path, "/hidden") {
+		return policy.Decision{Outcome: "deny", Reason: "source address outside the office ranges", Status: 404, Package: pkg}
+	}
 	if strings.HasPrefix(in.Request.Path, "/broken") {
 		return policy.Decision{Outcome: "error", Reason: "policy evaluation failed: /srv/policies/app.rego:3: eval_conflict_error", Package: pkg}
 	}
@@ -340,6 +343,7 @@ func TestDecisionsAndStatuses(t *testing.T) {
 		{"encoded question mark", "app.test", "/q%3Fsecret=1", alice, 200, "allow"},
 		{"denied", "app.test", "/deny/x", alice, 403, "deny"},
 		{"policy error", "app.test", "/broken", alice, 403, "error"},
+		{"policy hides the route", "app.test", "/hidden", alice, 404, "deny"},
 		{"no route", "nothing.test", "/", alice, 404, "deny"},
 		{"browser sign-in", "app.test", "/x", http.Header{"Accept": {"text/html"}}, 302, "unauthenticated"},
 		{"api sign-in", "app.test", "/x", nil, 401, "unauthenticated"},
@@ -365,6 +369,20 @@ func TestDecisionsAndStatuses(t *testing.T) {
 			}
 			if strings.Contains(ev.Request.Path, "secret") && ev.Request.Path != "/q%3Fsecret=1" || strings.Contains(ev.Request.Path, "?") {
 				t.Errorf("query string recorded, or a path that reads as one: %q", ev.Request.Path)
+			}
+			if tt.name == "policy hides the route" {
+				// Indistinguishable from a request for no route; the
+				// audit event keeps the policy's reason.
+				_, noRoute := do(t, ps, "GET", "nothing.test", "/", alice)
+				var a, b map[string]string
+				json.Unmarshal([]byte(body), &a)
+				json.Unmarshal([]byte(noRoute), &b)
+				if a["error"] != b["error"] || a["reason"] != b["reason"] || a["error"] != "not_found" {
+					t.Errorf("policy 404 body %s differs from a no-route 404 %s", body, noRoute)
+				}
+				if ev.Reason != "source address outside the office ranges" {
+					t.Errorf("audited reason %q, want the policy's", ev.Reason)
+				}
 			}
 			switch tt.wantStatus {
 			case 403:

@@ -100,7 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if x.route == nil {
-		h.refuse(w, r, x, http.StatusNotFound, audit.DecisionDeny, "no route for this host and path", "not_found")
+		h.refuse(w, r, x, http.StatusNotFound, audit.DecisionDeny, noRouteReason, "not_found")
 		return
 	}
 
@@ -154,6 +154,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"the access policy could not be evaluated; quote the request id to an administrator", "forbidden")
 			return
 		}
+		if status == http.StatusNotFound {
+			// A policy answering 404 hides that the route exists: the
+			// client sees what a request for no route sees; the audit
+			// event keeps the policy's reason.
+			h.refuseAs(w, r, x, status, audit.DecisionDeny, x.decision.Reason, noRouteReason, "not_found")
+			return
+		}
 		h.refuse(w, r, x, status, audit.DecisionDeny, x.decision.Reason, "forbidden")
 		return
 	}
@@ -168,6 +175,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.upStart = h.clock.Now()
 	rp.ServeHTTP(w, r.WithContext(ctx))
 }
+
+// noRouteReason is what a 404 tells the client, whether no route matched or
+// a policy chose to hide its route.
+const noRouteReason = "no route for this host and path"
 
 var errUpstreamTimeout = errors.New("proxy: upstream did not answer within the route timeout")
 
