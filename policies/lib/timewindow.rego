@@ -53,9 +53,16 @@ local(tz) := [time.weekday([ns, tz]), (h * 60) + m] if {
 	[h, m, _] := time.clock([ns, tz])
 }
 
-previous_day(tz) := time.weekday([ns - (((24 * 60) * 60) * 1000000000), tz]) if {
-	ns := time.parse_rfc3339_ns(input.request.time)
+# previous_day(tz) is the weekday before the request's local weekday in tz
+# (counted on the calendar, not as 24 hours earlier, which is another day
+# in the hour after midnight following a daylight-saving change).
+previous_day(tz) := week[(i + 6) % 7] if {
+	today := local(tz)[0]
+	some i, day in week
+	day == today
 }
+
+week := ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
 
 day_ok(window, _) if not window.days
 

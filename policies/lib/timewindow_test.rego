@@ -56,3 +56,13 @@ test_within_any if {
 	timewindow.within_any([night, office]) with input.request.time as "2026-11-26T08:00:00Z"
 	not timewindow.within_any([night, office]) with input.request.time as "2026-11-26T20:00:00Z"
 }
+
+test_overnight_window_after_spring_forward if {
+	# Berlin moved to CEST on Sunday 2025-03-30. Monday 00:30 CEST is
+	# Sunday 22:30 UTC, and 24 hours before it was Saturday 23:30 CET: the
+	# previous day is still Sunday, on the calendar.
+	sunday_night := {"tz": "Europe/Berlin", "days": ["Sunday"], "start": "22:00", "end": "06:00"}
+	saturday_night := {"tz": "Europe/Berlin", "days": ["Saturday"], "start": "22:00", "end": "06:00"}
+	timewindow.within(sunday_night) with input.request.time as "2025-03-30T22:30:00Z"
+	not timewindow.within(saturday_night) with input.request.time as "2025-03-30T22:30:00Z"
+}

@@ -15,9 +15,13 @@ allow if {
 	methods.read_only
 }
 
-# Reports: analysts read.
+# Reports: analysts read. (/api/v1/reports itself as well as below it.)
+reports if paths.matches("/api/*/reports")
+
+reports if paths.matches("/api/*/reports/**")
+
 allow if {
-	paths.matches("/api/*/reports/**")
+	reports
 	methods.read_only
 	groups.any_of({"analysts"})
 }
@@ -25,7 +29,7 @@ allow if {
 # Everything else under /api/v1: engineering, any method.
 allow if {
 	paths.under("/api/v1")
-	not paths.matches("/api/*/reports/**")
+	not reports
 	groups.any_of({"engineering"})
 }
 
@@ -43,7 +47,7 @@ reason := "no such API path" if {
 	not input.user.authenticated
 } else := "reports are read-only for group analysts" if {
 	not allow
-	paths.matches("/api/*/reports/**")
+	reports
 } else := "requires group engineering" if {
 	not allow
 } else := "allowed"

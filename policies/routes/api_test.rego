@@ -20,6 +20,12 @@ test_reports_for_analysts if {
 	not api.allow with input.user as analyst with input.request as req("DELETE", "/api/v1/reports/q3")
 	not api.allow with input.user as engineer with input.request as req("GET", "/api/v1/reports/q3")
 	api.reason == "reports are read-only for group analysts" with input.user as engineer with input.request as req("GET", "/api/v1/reports/q3")
+
+	# The reports collection itself, with or without a trailing slash.
+	every p in ["/api/v1/reports", "/api/v1/reports/"] {
+		api.allow with input.user as analyst with input.request as req("GET", p)
+		not api.allow with input.user as engineer with input.request as req("DELETE", p)
+	}
 }
 
 test_rest_for_engineering if {
