@@ -517,13 +517,19 @@ func TestPolicyE2EDecisions(t *testing.T) {
 				t.Fatalf("deny body is not JSON: %v: %s", err, body)
 			}
 			wantErr := "forbidden"
-			if c.status == 401 {
+			switch c.status {
+			case 401:
 				wantErr = "unauthorized"
+			case 404:
+				wantErr = "not_found" // a policy's 404 looks like no route
 			}
 			if deny.Error != wantErr || deny.RequestID != id {
 				t.Errorf("deny body %s: want error %q and request_id %s", body, wantErr, id)
 			}
 			wantReason := c.reason
+			if c.status == 404 {
+				wantReason = "no route for this host and path" // the policy's is audited
+			}
 			if c.decision == "error" {
 				// The policy's error (files, lines, OPA's words) is for
 				// the audit event, checked below; the client gets this.
