@@ -83,7 +83,9 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return fail(stderr, "--url %q: want an absolute http(s) URL such as https://app.example.com/path", *rawURL)
 	}
-	req, err := http.NewRequestWithContext(ctx, strings.ToUpper(*method), u.String(), nil)
+	// The method as given: a live request's method reaches the policy as the
+	// client sent it (methods are case-sensitive).
+	req, err := http.NewRequestWithContext(ctx, *method, u.String(), nil)
 	if err != nil {
 		return fail(stderr, "--method/--url: %v", err)
 	}
@@ -95,14 +97,22 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 			fmt.Fprintf(stderr, "portcullis policy eval: --header %q: want K=V\n", h)
 			return exitUsage
 		}
+		if strings.EqualFold(k, "Host") {
+			// A live request's Host is its URL's host, never a header
+			// the policy sees.
+			fmt.Fprintf(stderr, "portcullis policy eval: --header %q: give the host in --url\n", h)
+			return exitUsage
+		}
 		req.Header.Add(k, v)
 	}
 	var who *identity.Identity
 	if *user != "" {
 		who = &identity.Identity{Authenticated: true, Sub: *user, Email: *email, EmailVerified: *email != "" && *emailVerified,
 			Provider: *provider, AuthMethod: "session", Groups: []string{}, Claims: map[string]any{}}
-		if *groups != "" {
-			who.Groups = strings.Split(*groups, ",")
+		for _, g := range strings.Split(*groups, ",") {
+			if g = strings.TrimSpace(g); g != "" {
+				who.Groups = append(who.Groups, g)
+			}
 		}
 		if *claims != "" {
 			if err := json.Unmarshal([]byte(*claims), &who.Claims); err != nil {

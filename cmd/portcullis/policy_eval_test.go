@@ -56,6 +56,16 @@ func TestPolicyEvalCommand(t *testing.T) {
 		t.Fatalf("json = %+v", got)
 	}
 
+	// The input is what a live request builds: the method as given, groups
+	// trimmed, no Host header (the host is the URL's).
+	code, out, errOut = eval("--url", "https://app.example.com/reports", "--user", "alice", "--groups", "a, engineering,,c", "--method", "post")
+	if code != exitOK || !strings.Contains(out, `"method": "post"`) || !strings.Contains(out, `"engineering"`) || strings.Contains(out, `" engineering"`) || strings.Contains(out, `""`+"\n") {
+		t.Errorf("method and groups as a live request has them: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut := eval("--url", "https://app.example.com/", "--header", "Host=evil.example.com"); code != exitUsage || !strings.Contains(errOut, "give the host in --url") {
+		t.Errorf("--header Host: exit %d %q, want a usage error", code, errOut)
+	}
+
 	// No route for the host: said so, no policy.
 	code, out, _ = eval("--url", "https://nowhere.example.com/")
 	if code != exitOK || !strings.Contains(out, "route:    (none)") {
