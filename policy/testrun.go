@@ -142,10 +142,13 @@ func printCoverage(out io.Writer, r cover.Report) {
 		if len(fr.NotCovered) > 0 {
 			var missed []string
 			for _, rg := range fr.NotCovered {
-				if rg.Start.Row == rg.End.Row {
-					missed = append(missed, fmt.Sprint(rg.Start.Row))
-				} else {
-					missed = append(missed, fmt.Sprintf("%d-%d", rg.Start.Row, rg.End.Row))
+				m := fmt.Sprint(rg.Start.Row)
+				if rg.Start.Row != rg.End.Row {
+					m = fmt.Sprintf("%d-%d", rg.Start.Row, rg.End.Row)
+				}
+				if len(missed) == 0 || missed[len(missed)-1] != m {
+					// OPA reports a line once per uncovered expression.
+					missed = append(missed, m)
 				}
 			}
 			line += "  not covered: " + strings.Join(missed, ",")
