@@ -41,7 +41,7 @@ type ServerConfig struct {
 	// counted from the time the response headers are known.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// MaxHeaderBytes caps request header size.
-	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	MaxHeaderBytes confkit.ByteSize `yaml:"max_header_bytes"`
 	// ShutdownTimeout is how long in-flight requests may drain on SIGTERM.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
@@ -179,8 +179,8 @@ func (c *ServerConfig) Validate(p *confkit.Problems, path string) {
 	confkit.RequireDuration(p, confkit.Join(path, "idle_timeout"), c.IdleTimeout)
 	confkit.RequireDuration(p, confkit.Join(path, "write_timeout"), c.WriteTimeout)
 	confkit.RequireDuration(p, confkit.Join(path, "shutdown_timeout"), c.ShutdownTimeout)
-	if c.MaxHeaderBytes < 4096 {
-		p.Add(confkit.Join(path, "max_header_bytes"), "must be at least 4096")
+	if c.MaxHeaderBytes < 4096 || c.MaxHeaderBytes > 1<<30 {
+		p.Add(confkit.Join(path, "max_header_bytes"), "must be between 4KiB and 1GiB (a size such as 64KiB)")
 	}
 }
 

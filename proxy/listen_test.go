@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/portcullis/portcullis/internal/confkit"
 )
 
@@ -31,6 +33,23 @@ func TestListenersNeedTheirOwnPorts(t *testing.T) {
 			t.Errorf("%+v: %v", tt, err)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%+v: error %v, want one containing %q", tt, err, tt.want)
+		}
+	}
+}
+
+// TestMaxHeaderBytesTakesUnits: server.max_header_bytes is a size like the
+// others ("64KiB"), not only a number of bytes.
+func TestMaxHeaderBytesTakesUnits(t *testing.T) {
+	for doc, want := range map[string]confkit.ByteSize{"max_header_bytes: 64KiB": 64 << 10, "max_header_bytes: 8192": 8192} {
+		var c ServerConfig
+		if err := yaml.Unmarshal([]byte(doc), &c); err != nil {
+			t.Fatalf("%s: %v", doc, err)
+		}
+		c.SetDefaults()
+		var p confkit.Problems
+		c.Validate(&p, "server")
+		if err := p.Err(); err != nil || c.MaxHeaderBytes != want {
+			t.Errorf("%s: %v, %v; want %v", doc, c.MaxHeaderBytes, err, want)
 		}
 	}
 }

@@ -111,7 +111,7 @@ func (s *Server) Run(ctx context.Context) error {
 		TLSConfig:                    s.TLS.TLSConfig(),
 		ReadHeaderTimeout:            s.Server.ReadHeaderTimeout,
 		IdleTimeout:                  s.Server.IdleTimeout,
-		MaxHeaderBytes:               s.Server.MaxHeaderBytes,
+		MaxHeaderBytes:               int(s.Server.MaxHeaderBytes),
 		ErrorLog:                     errLog,
 	}
 	servers = append(servers, main)
@@ -133,7 +133,7 @@ func (s *Server) Run(ctx context.Context) error {
 			ReadTimeout:                  30 * time.Second,
 			WriteTimeout:                 30 * time.Second,
 			IdleTimeout:                  s.Server.IdleTimeout,
-			MaxHeaderBytes:               s.Server.MaxHeaderBytes,
+			MaxHeaderBytes:               int(s.Server.MaxHeaderBytes),
 			ErrorLog:                     errLog,
 		})
 	}
