@@ -139,7 +139,7 @@ func (f *File) Validate(p *confkit.Problems) {
 		}
 	}
 	if needsLogin && len(f.Identity.Providers) == 0 && !f.Identity.Bearer.Enabled {
-		p.Add("identity.providers", "no sign-in is possible but some routes are not public: add an OIDC provider, enable identity.bearer, or mark the routes public: true")
+		p.Add("identity.providers", "no sign-in is possible but some routes are not public: add an OIDC provider under identity.providers (browser sign-in, and bearer tokens with identity.bearer.enabled), or mark the routes public: true")
 	}
 }
 
