@@ -38,6 +38,10 @@ fi
 # One go test per round (-count would run each variant COUNT times in a
 # row, so a drift of the shared machine would land on one variant).
 go test -c -o "$out.test" ./audit >&2
+# A broker the script just started runs cold (JIT) for a while: one round
+# first, its figures discarded.
+echo "bench/audit: warm-up round (discarded)" >&2
+(cd audit && "$out.test" -test.run '^$' -test.bench '^BenchmarkPulsarThroughput$' -test.benchtime "${events}x") >/dev/null
 for ((round = 1; round <= count; round++)); do
   echo "bench/audit: round $round of $count" >&2
   (cd audit && "$out.test" -test.run '^$' -test.bench '^BenchmarkPulsarThroughput$' -test.benchtime "${events}x") | tee -a "$out" >&2
