@@ -510,10 +510,20 @@ type flight struct {
 func (p *Pipeline) ship(ctx context.Context, sink StreamingSink) error {
 	var fl []flight
 	var saved uint64
-	loseAll := func(err error) {
-		for _, f := range fl {
-			p.lose(f.batch, err)
+	// failed handles a sink error with fl in flight: every unconfirmed
+	// batch is published again, in order. False means stop: ctx ended.
+	failed := func() bool {
+		if err := ctx.Err(); err != nil {
+			for _, f := range fl {
+				p.lose(f.batch, err)
+			}
+			return false
 		}
+		if !p.republish(ctx, fl) {
+			return false
+		}
+		fl = fl[:0]
+		return true
 	}
 	for {
 		var batch []Encoded
@@ -536,14 +546,9 @@ func (p *Pipeline) ship(ctx context.Context, sink StreamingSink) error {
 			// Nothing more to send now: wait for the oldest batch.
 			f := fl[0]
 			if err := f.pd.Wait(ctx); err != nil {
-				if ctx.Err() != nil {
-					loseAll(ctx.Err())
+				if !failed() {
 					return nil
 				}
-				if !p.republish(ctx, fl) {
-					return nil
-				}
-				fl = fl[:0]
 				continue
 			}
 			p.m.publish.Observe(time.Since(f.start).Seconds())
@@ -555,15 +560,8 @@ func (p *Pipeline) ship(ctx context.Context, sink StreamingSink) error {
 		start := time.Now()
 		pd, err := sink.StartEncoded(ctx, batch)
 		fl = append(fl, flight{batch: batch, pd: pd, start: start})
-		if err != nil {
-			if ctx.Err() != nil {
-				loseAll(ctx.Err())
-				return nil
-			}
-			if !p.republish(ctx, fl) {
-				return nil
-			}
-			fl = fl[:0]
+		if err != nil && !failed() {
+			return nil
 		}
 	}
 }

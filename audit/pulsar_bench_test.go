@@ -201,13 +201,7 @@ func benchDrain(b *testing.B, brokerURL, adminURL, instance string) {
 	cpu0 := machineCPU()
 	start := time.Now()
 	go func() { runDone <- p.Run(ctx) }()
-	for p.Status().Acked < uint64(b.N) {
-		select {
-		case err := <-runDone:
-			b.Fatalf("Run ended with %d of %d events acknowledged: %v", p.Status().Acked, b.N, err)
-		case <-time.After(time.Millisecond):
-		}
-	}
+	waitAcked(b, p, runDone)
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 	reportMachineCPU(b, cpu0)
 	b.StopTimer()
@@ -270,13 +264,7 @@ func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, wor
 		}
 		wg.Wait()
 		recorded := time.Since(start)
-		for p.Status().Acked < uint64(b.N) {
-			select {
-			case err := <-runDone:
-				b.Fatalf("Run ended with %d of %d events acknowledged: %v", p.Status().Acked, b.N, err)
-			case <-time.After(time.Millisecond):
-			}
-		}
+		waitAcked(b, p, runDone)
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 		reportMachineCPU(b, cpu0)
 		b.StopTimer()
@@ -289,6 +277,18 @@ func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, wor
 		}
 		cancel()
 		<-runDone
+	}
+}
+
+// waitAcked waits until the sink has acknowledged b.N events, failing if
+// Run ends first.
+func waitAcked(b *testing.B, p *Pipeline, runDone <-chan error) {
+	for p.Status().Acked < uint64(b.N) {
+		select {
+		case err := <-runDone:
+			b.Fatalf("Run ended with %d of %d events acknowledged: %v", p.Status().Acked, b.N, err)
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 
