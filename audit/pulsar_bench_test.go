@@ -170,15 +170,7 @@ func sendBare(b *testing.B, brokerURL, topic string, evs []Encoded, onStart func
 // already holds b.N events (as after an outage) delivers them; the clock
 // runs from Run's start until the broker has acknowledged the last one.
 func benchDrain(b *testing.B, brokerURL, adminURL, instance string) {
-	topic := pulsartest.NewTopic(b, adminURL)
-	dir := b.TempDir()
-	cfg := Config{Sink: SinkPulsar, Mode: ModeDurable, Pulsar: PulsarConfig{URL: brokerURL, Topic: topic}}
-	cfg.SetDefaults(dir)
-	s := newTestPulsarSink(b, cfg.Pulsar, pulsarTestOptions(b, instance))
-	p, err := Open(context.Background(), cfg, dir, s, Options{Instance: instance, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	p := openBenchPipeline(b, brokerURL, adminURL, instance, ModeDurable)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -219,15 +211,7 @@ func benchDrain(b *testing.B, brokerURL, adminURL, instance string) {
 // flight) and waits until the sink has acknowledged all of them.
 func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, workers int) {
 	{
-		topic := pulsartest.NewTopic(b, adminURL)
-		dir := b.TempDir()
-		cfg := Config{Sink: SinkPulsar, Mode: mode, Buffer: 1 << 20, Pulsar: PulsarConfig{URL: brokerURL, Topic: topic}}
-		cfg.SetDefaults(dir)
-		s := newTestPulsarSink(b, cfg.Pulsar, pulsarTestOptions(b, instance))
-		p, err := Open(context.Background(), cfg, dir, s, Options{Instance: instance, Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			b.Fatal(err)
-		}
+		p := openBenchPipeline(b, brokerURL, adminURL, instance, mode)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		runDone := make(chan error, 1)
@@ -278,6 +262,21 @@ func benchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string, wor
 		cancel()
 		<-runDone
 	}
+}
+
+// openBenchPipeline opens a pipeline in mode (best-effort: a 1Mi-event
+// queue) onto a Pulsar sink and a fresh topic.
+func openBenchPipeline(b *testing.B, brokerURL, adminURL, instance, mode string) *Pipeline {
+	topic := pulsartest.NewTopic(b, adminURL)
+	dir := b.TempDir()
+	cfg := Config{Sink: SinkPulsar, Mode: mode, Buffer: 1 << 20, Pulsar: PulsarConfig{URL: brokerURL, Topic: topic}}
+	cfg.SetDefaults(dir)
+	s := newTestPulsarSink(b, cfg.Pulsar, pulsarTestOptions(b, instance))
+	p, err := Open(context.Background(), cfg, dir, s, Options{Instance: instance, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
 
 // waitAcked waits until the sink has acknowledged b.N events, failing if

@@ -286,12 +286,8 @@ func TestPulsarSinkReplayDeduplicates(t *testing.T) {
 // Publish of a producer session goes unbatched, later ones in batches of
 // BatchMessages events cut where the sink cut them.
 func TestPulsarSinkBatchShape(t *testing.T) {
-	brokerURL, adminURL := pulsartest.Require(t)
-	topic := pulsartest.NewTopic(t, adminURL)
 	const instance = "portcullis-b1"
-	opts := pulsarTestOptions(t, instance)
-	opts.BatchMessages = 100
-	s := newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, opts)
+	brokerURL, topic, s := newBatchSink(t, instance)
 	defer s.Close()
 	all := pulsarTestEvents(instance, 1, 400, time.Now().Add(-time.Hour), time.Millisecond)
 	publishAll(t, s, all[:5])    // unbatched
@@ -299,12 +295,7 @@ func TestPulsarSinkBatchShape(t *testing.T) {
 	publishAll(t, s, all[255:])  // 100, 45
 	msgs := readTopic(t, brokerURL, topic)
 	checkExactlyOnce(t, msgs, instance, 1, 400)
-	var got []int32
-	for i := 0; i < len(msgs); {
-		n := max(msgs[i].batchSize, 1) // a lone message reports 0 or 1
-		got = append(got, n)
-		i += int(n)
-	}
+	got := entrySizes(msgs)
 	want := []int32{1, 1, 1, 1, 1, 100, 100, 50, 100, 45}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("broker entries hold %v messages, want %v", got, want)
@@ -432,12 +423,8 @@ func TestPulsarSinkRecoversFromProducerBusy(t *testing.T) {
 // events it already holds are counted (and logged): after a restart some
 // are expected, but a new event dropped that way is lost, so it must show.
 func TestPulsarSinkCountsDuplicates(t *testing.T) {
-	brokerURL, adminURL := pulsartest.Require(t)
-	topic := pulsartest.NewTopic(t, adminURL)
 	const instance = "portcullis-dup1"
-	opts := pulsarTestOptions(t, instance)
-	opts.BatchMessages = 100
-	s := newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, opts)
+	brokerURL, topic, s := newBatchSink(t, instance)
 	defer s.Close()
 	all := pulsarTestEvents(instance, 1, 300, time.Now().Add(-time.Hour), time.Millisecond)
 	publishAll(t, s, all[:10])    // unbatched session
@@ -460,4 +447,26 @@ func counterValueOf(t testing.TB, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// newBatchSink is a sink for instance on a fresh topic, with broker batches
+// of 100 events, for the tests that look at batch shapes.
+func newBatchSink(t *testing.T, instance string) (brokerURL, topic string, s *PulsarSink) {
+	t.Helper()
+	brokerURL, adminURL := pulsartest.Require(t)
+	topic = pulsartest.NewTopic(t, adminURL)
+	opts := pulsarTestOptions(t, instance)
+	opts.BatchMessages = 100
+	return brokerURL, topic, newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, opts)
+}
+
+// entrySizes is how many messages each broker entry of msgs holds.
+func entrySizes(msgs []rawMessage) []int32 {
+	var out []int32
+	for i := 0; i < len(msgs); {
+		n := max(msgs[i].batchSize, 1) // a lone message reports 0 or 1
+		out = append(out, n)
+		i += int(n)
+	}
+	return out
 }

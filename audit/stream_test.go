@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/portcullis/portcullis/internal/pulsartest"
 )
 
 // streamSink is a StreamingSink that stores like a de-duplicating broker
@@ -130,13 +128,8 @@ func TestPipelineStreamsBatchesInOrder(t *testing.T) {
 // each, in order, in chunks of BatchMessages; a new sink replaying part of
 // them stores nothing twice.
 func TestPulsarSinkStreams(t *testing.T) {
-	brokerURL, adminURL := pulsartest.Require(t)
-	topic := pulsartest.NewTopic(t, adminURL)
 	const instance = "portcullis-st1"
-	opts := pulsarTestOptions(t, instance)
-	opts.BatchMessages = 100
-	cfg := PulsarConfig{URL: brokerURL, Topic: topic}
-	s := newTestPulsarSink(t, cfg, opts)
+	brokerURL, topic, s := newBatchSink(t, instance)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var all []Encoded
@@ -170,19 +163,16 @@ func TestPulsarSinkStreams(t *testing.T) {
 
 	msgs := readTopic(t, brokerURL, topic)
 	checkExactlyOnce(t, msgs, instance, 1, 1050)
-	var got []int32
-	for i := 0; i < len(msgs); {
-		n := max(msgs[i].batchSize, 1)
-		got = append(got, n)
-		i += int(n)
-	}
+	got := entrySizes(msgs)
 	want := "[1 1 1 1 1 100 100 100 100 100 100 100 100 100 45 100]"
 	if fmt.Sprint(got) != want {
 		t.Errorf("broker entries hold %v messages, want %s", got, want)
 	}
 
 	// A restarted proxy replays from seq 600 in streamed batches.
-	s = newTestPulsarSink(t, cfg, opts)
+	opts := pulsarTestOptions(t, instance)
+	opts.BatchMessages = 100
+	s = newTestPulsarSink(t, PulsarConfig{URL: brokerURL, Topic: topic}, opts) // same topic, a new sink
 	defer s.Close()
 	pd1, err := s.StartEncoded(ctx, all[599:800])
 	if err != nil {

@@ -47,18 +47,7 @@ func TestCheckListsEveryProblemWithItsPath(t *testing.T) {
 	path := filepath.Join(dir, "portcullis.yaml")
 	// Three different mistakes: an unknown key, an invalid value, and a
 	// route naming a policy package the policy directory does not have.
-	cfg := `
-data_dir: ` + filepath.Join(dir, "data") + `
-listen:
-  admin: "127.0.0.1:9901"
-tls:
-  mode: self-signed
-identity:
-  external_url: https://auth.example.com
-  session:
-    secrets: ["c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=="]
-policy:
-  dir: ` + policies + `
+	cfg := checkConfigHead(dir, policies) + `
 routes:
   - name: docs
     host: docs.example.com
@@ -116,18 +105,7 @@ func TestCheckListsEachProblemOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := `
-data_dir: ` + filepath.Join(dir, "data") + `
-listen:
-  admin: "127.0.0.1:9901"
-tls:
-  mode: self-signed
-identity:
-  external_url: https://auth.example.com
-  session:
-    secrets: ["c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=="]
-policy:
-  dir: ` + pol + `
+	cfg := checkConfigHead(dir, pol) + `
 routes:
   - name: docs
     host: docs.example.com
@@ -163,4 +141,21 @@ routes:
 			}
 		})
 	}
+}
+
+// checkConfigHead is the start of a config for the check tests: everything
+// but routes (and audit), with data under dir and policies in policyDir.
+func checkConfigHead(dir, policyDir string) string {
+	return `
+data_dir: ` + filepath.Join(dir, "data") + `
+listen:
+  admin: "127.0.0.1:9901"
+tls:
+  mode: self-signed
+identity:
+  external_url: https://auth.example.com
+  session:
+    secrets: ["c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=="]
+policy:
+  dir: ` + policyDir
 }
