@@ -277,12 +277,17 @@ export async function startFakePulsar() {
     state,
     url: `http://127.0.0.1:${port}`,
     close: () => close(server),
-    /** Resolves when a post matching pred exists, or rejects after timeoutMs. */
+    /**
+     * Resolves with {post, msg} once a message matching pred(msg, post) has
+     * arrived (a post may carry several), or rejects after timeoutMs.
+     */
     async waitFor(pred, timeoutMs = 10_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const hit = state.posts.find(pred);
-        if (hit) return hit;
+        for (const post of state.posts) {
+          const msg = (post.body?.messages ?? []).find((m) => pred(m, post));
+          if (msg) return { post, msg };
+        }
         const left = deadline - Date.now();
         if (left <= 0) throw new Error('timed out waiting for an edge event');
         await new Promise((resolve) => {

@@ -229,11 +229,10 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
     const resp = await fetch(`${worker.url}/edge/path?secret=1`, { headers: { 'x-portcullis-assertion': signJWT(claims, { key }) } });
     await resp.text();
     assert.equal(resp.status, 200);
-    const post = await pulsar.waitFor((p) => p.body.messages[0].payload.includes(claims.jti));
+    const { post, msg } = await pulsar.waitFor((m) => m.payload.includes(claims.jti));
     assert.equal(post.method, 'POST');
     assert.equal(post.url, '/topics/persistent/public/default/portcullis-edge');
     assert.equal(post.headers.authorization, 'Bearer edge-token');
-    const msg = post.body.messages[0];
     const event = JSON.parse(msg.payload);
     assert.equal(msg.key, 'edge-user');
     assert.match(msg.eventTime, /^\d+$/);
@@ -245,15 +244,32 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
     const rid = `denied-${crypto.randomUUID()}`;
     const denied = await fetch(`${worker.url}/edge/denied?x=y`, { headers: { 'x-request-id': rid } });
     await denied.text();
-    const post2 = await pulsar.waitFor((p) => p.body.messages[0].payload.includes(rid));
-    const ev2 = JSON.parse(post2.body.messages[0].payload);
+    const { msg: msg2 } = await pulsar.waitFor((m) => m.payload.includes(rid));
+    const ev2 = JSON.parse(msg2.payload);
     assert.deepEqual(
-      { verdict: ev2.verdict, status: ev2.status, reason: ev2.reason, path: ev2.path, sub: ev2.sub, key: post2.body.messages[0].key },
+      { verdict: ev2.verdict, status: ev2.status, reason: ev2.reason, path: ev2.path, sub: ev2.sub, key: msg2.key },
       { verdict: 'unauthorized', status: 401, reason: 'missing assertion', path: '/edge/denied', sub: '', key: 'anonymous' },
     );
-    // Sequence ids increase so broker de-duplication keeps every message.
-    const seqs = pulsar.state.posts.filter((p) => p.body.producerName === post.body.producerName).map((p) => p.body.messages[0].sequenceId);
+    // Sequence ids increase in the order they arrive, so broker
+    // de-duplication keeps every message.
+    const seqs = pulsar.state.posts.filter((p) => p.body.producerName === post.body.producerName).flatMap((p) => p.body.messages.map((m) => m.sequenceId));
     for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `sequence ids not increasing: ${seqs}`);
+  });
+
+  it('keeps edge events of concurrent requests in sequence-id order, without cross-request continuations', async () => {
+    const tag = `burst-${crypto.randomUUID()}`;
+    const rids = Array.from({ length: 30 }, (_, i) => `${tag}-${i}`);
+    const resps = await Promise.all(rids.map((rid) => fetch(`${worker.url}/burst`, { headers: { 'x-request-id': rid, 'x-portcullis-assertion': good() } })));
+    await Promise.all(resps.map((r) => r.text()));
+    for (const rid of rids) await pulsar.waitFor((m) => m.payload.includes(`"${rid}"`));
+    const msgs = pulsar.state.posts.flatMap((p) => p.body.messages.map((m) => ({ producer: p.body.producerName, m })));
+    const mine = msgs.filter(({ m }) => m.payload.includes(tag));
+    assert.equal(mine.length, rids.length, 'an event was published twice');
+    for (const producer of new Set(mine.map((x) => x.producer))) {
+      const seqs = msgs.filter((x) => x.producer === producer).map(({ m }) => m.sequenceId);
+      for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `sequence ids of ${producer} not increasing: ${seqs}`);
+    }
+    assert.doesNotMatch(worker.output(), /different request|cross-request|never generate a response/i);
   });
 
   it('logs an edge event the broker reports as failed (errorCode)', async () => {
@@ -263,7 +279,7 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
       const resp = await fetch(`${worker.url}/edge/fail`, { headers: { 'x-request-id': rid, 'x-portcullis-assertion': good() } });
       await resp.text();
       assert.equal(resp.status, 200, 'a failing edge publish must not change the response');
-      await pulsar.waitFor((p) => p.body.messages[0].payload.includes(rid));
+      await pulsar.waitFor((m) => m.payload.includes(rid));
       const deadline = Date.now() + 5000;
       while (!worker.output().includes(`"request_id":"${rid}"`) && Date.now() < deadline) await sleep(50);
       const line = worker.output().split('\n').find((l) => l.includes(rid));
