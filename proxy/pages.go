@@ -8,9 +8,25 @@ import (
 )
 
 // wantsHTML reports whether the client is a browser (SPEC §3: Accept
-// contains text/html).
+// contains text/html; media types are case-insensitive, RFC 9110 §8.3.1).
 func wantsHTML(r *http.Request) bool {
-	return strings.Contains(r.Header.Get("Accept"), "text/html")
+	for _, v := range r.Header.Values("Accept") {
+		if containsFold(v, "text/html") {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether s contains the lower-case ASCII substr,
+// ignoring ASCII case.
+func containsFold(s, substr string) bool {
+	for i := 0; i+len(substr) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(substr)], substr) {
+			return true
+		}
+	}
+	return false
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>

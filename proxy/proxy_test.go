@@ -331,6 +331,7 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	ps, seen, rec, _ := newTestProxy(t, []Route{
 		{Name: "app", Host: "app.test", Path: "/"},
 		{Name: "open", Host: "open.test", Path: "/", Public: true},
+		{Name: "sub", Host: "sub.test", Path: "/app"},
 	})
 	alice := http.Header{"Authorization": {"Test alice"}}
 	tests := []struct {
@@ -346,11 +347,14 @@ func TestDecisionsAndStatuses(t *testing.T) {
 		{"policy hides the route", "app.test", "/hidden", alice, 404, "deny"},
 		{"no route", "nothing.test", "/", alice, 404, "deny"},
 		{"browser sign-in", "app.test", "/x", http.Header{"Accept": {"text/html"}}, 302, "unauthenticated"},
+		{"browser sign-in, media type in capitals", "app.test", "/x", http.Header{"Accept": {"application/xml", "Text/HTML;q=0.9"}}, 302, "unauthenticated"},
 		{"api sign-in", "app.test", "/x", nil, 401, "unauthenticated"},
 		{"bad credentials", "app.test", "/x", http.Header{"Authorization": {"Bearer forged"}}, 401, "unauthenticated"},
 		{"public anonymous", "open.test", "/x", nil, 200, "allow"},
 		{"own endpoint", "app.test", "/.portcullis/me", nil, 200, "allow"},
 		{"own endpoint on external host", "auth.test", "/.portcullis/login", nil, 200, "allow"},
+		{"own endpoint on a host without a / route", "sub.test", "/.portcullis/callback", nil, 200, "allow"},
+		{"no route on a host without a / route", "sub.test", "/other", alice, 404, "deny"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -411,6 +415,11 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	r := seen.last()
 	if r.Header.Get("X-Policy-Header") != "yes" || r.Header.Get("X-Portcullis-User") != "" {
 		t.Errorf("public request headers = %v", r.Header)
+	}
+	// A browser's form post is sent to sign in too (after it the browser
+	// comes back with a GET).
+	if resp, body := do(t, ps, "POST", "app.test", "/form", http.Header{"Accept": {"text/html,*/*"}}); resp.StatusCode != 302 {
+		t.Errorf("browser POST while signed out: %d %s, want 302", resp.StatusCode, body)
 	}
 	// A browser gets an HTML deny page.
 	resp, body := do(t, ps, "GET", "app.test", "/deny", http.Header{"Authorization": {"Test alice"}, "Accept": {"text/html"}})

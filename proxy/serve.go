@@ -94,8 +94,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.target = t
 	x.route = st.table.match(host, t.Path)
 
-	// Portcullis's own endpoints, on every route host and the external URL.
-	if st.Auth.OwnsPath(t.Path) && (x.route != nil || host == st.ExternalHost) {
+	// Portcullis's own endpoints, on every route host (whatever paths its
+	// routes cover: a host whose routes are all under /app still needs its
+	// /.portcullis/callback) and the external URL.
+	if st.Auth.OwnsPath(t.Path) && (x.route != nil || host == st.ExternalHost || st.table.hasHost(host)) {
 		h.serveOwn(w, r, x)
 		return
 	}
@@ -122,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.who = who
 	signedIn := who != nil && who.Authenticated
 	if !signedIn && !x.route.Public {
-		if wantsHTML(r) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		if wantsHTML(r) {
 			h.record(r, x, http.StatusFound, audit.DecisionUnauthenticated, "sign-in required: redirected to the identity provider")
 			st.Auth.StartLogin(w, r)
 			h.finish(r, x, http.StatusFound, audit.DecisionUnauthenticated)
