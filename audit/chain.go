@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,11 +24,12 @@ import (
 // Every event carries its instance's Seq (1, 2, 3, ... without gaps) and
 // PrevHash, the Hash of the instance's previous event. Hash is
 //
-//	"sha256:" + hex(SHA-256(canonical JSON of the event with Hash = ""))
+//	"sha256:" + hex(SHA-256(canonical JSON of the event without "hash"))
 //
-// where the canonical JSON is what Go's encoding/json writes for Event:
-// compact, fields in the declared order, every field present (Groups is []
-// when empty), Time in UTC with RFC 3339 nanosecond formatting (Record
+// (SPEC §6: the member "hash" and its comma left out, everything else
+// byte for byte as stored) where the canonical JSON is what Go's
+// encoding/json writes for Event: compact, fields in the declared order,
+// every other field present (Groups is [] when empty), Time in UTC with RFC 3339 nanosecond formatting (Record
 // truncates it to microseconds), and encoding/json's string escaping
 // (including \u003c, \u003e, \u0026). An event read back from any sink and
 // decoded into Event re-encodes to the same bytes, so a verifier recomputes
@@ -45,7 +47,7 @@ const HashPrefix = "sha256:"
 const hashLen = len(HashPrefix) + 2*sha256.Size
 
 // ComputeHash returns the Hash ev should carry: the SHA-256 of its
-// canonical JSON with Hash = "" (ev is not modified).
+// canonical JSON without the "hash" member (ev is not modified).
 func ComputeHash(ev *Event) (string, error) {
 	cp := *ev
 	cp.Hash = ""
@@ -53,8 +55,18 @@ func ComputeHash(ev *Event) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("audit: encode event: %w", err)
 	}
+	// The first `,"hash":""` is the member: inside a JSON string every
+	// quote is escaped, and the members before it are fixed names.
+	i := bytes.Index(b, []byte(hashMember+`"`))
+	if i < 0 {
+		return "", errors.New("audit: encode event: no hash member")
+	}
+	b = append(b[:i], b[i+len(hashMember)+1:]...)
 	return hashOf(b), nil
 }
+
+// hashMember opens the "hash" member in an event's encoding.
+const hashMember = `,"hash":"`
 
 func hashOf(canonical []byte) string {
 	sum := sha256.Sum256(canonical)
@@ -128,8 +140,9 @@ var hashPlaceholder = strings.Repeat("0", hashLen)
 
 // seal writes the head fields (schema to prev_hash: values that need no
 // JSON escaping, checked here) and body into one new buffer, leaving room
-// for the hash; hashes the event as it reads with an empty hash (the bytes
-// before and after that room); sets ev.Hash and writes it into the room.
+// for the hash; hashes the event as it reads without its hash member (the
+// bytes before the member and after it); sets ev.Hash and writes it into
+// the room.
 // It produces exactly what json.Marshal(ev) produces.
 func (s *sealer) seal(ev *Event, body []byte) ([]byte, error) {
 	if y := ev.Time.Year(); y < 0 || y > 9999 {
@@ -152,7 +165,9 @@ func (s *sealer) seal(ev *Event, body []byte) ([]byte, error) {
 	out = strconv.AppendUint(out, ev.Seq, 10)
 	out = append(out, `,"prev_hash":"`...)
 	out = append(out, ev.PrevHash...)
-	out = append(out, `","hash":"`...)
+	out = append(out, '"')
+	member := len(out)
+	out = append(out, hashMember...)
 	at := len(out)
 	out = append(out, hashPlaceholder...)
 	out = append(out, `",`...)
@@ -162,8 +177,8 @@ func (s *sealer) seal(ev *Event, body []byte) ([]byte, error) {
 	} else {
 		s.h.Reset()
 	}
-	s.h.Write(out[:at])
-	s.h.Write(out[at+hashLen:])
+	s.h.Write(out[:member])
+	s.h.Write(out[at+hashLen+1:]) // from the comma after the member's closing quote
 	sum := s.h.Sum(s.sum[:0])
 	copy(out[at:], HashPrefix)
 	hex.Encode(out[at+len(HashPrefix):at+hashLen], sum)

@@ -44,7 +44,7 @@ type Event struct {
 	// PrevHash is the Hash of this instance's previous event ("" for seq 1).
 	PrevHash string `json:"prev_hash"`
 	// Hash is "sha256:" + hex of SHA-256 over the canonical JSON of this event
-	// with Hash empty (see ComputeHash).
+	// without its "hash" member (see ComputeHash).
 	Hash string `json:"hash"`
 	// RequestID is the request's X-Request-Id.
 	RequestID string `json:"request_id"`
