@@ -170,7 +170,26 @@ func (s *PulsarSource) publishTime(ctx context.Context, id pulsar.MessageID) (ti
 // firstPublishedAt returns the id of the first message published at or
 // after t, waiting for one when there is none yet. See PulsarSource for why
 // a separate reader with a queue of one seeks.
+//
+// A seek makes the broker disconnect the reader, which then reconnects; on
+// a loaded machine that reconnect was seen to leave the reader waiting for
+// good (CI: "Consumer with ID not found while closing consumer", then
+// nothing). So each attempt gets seekAttempt and is then made again with a
+// new reader: a message that exists is found by the next one, and while
+// following, a wait for the first new message simply goes on.
 func (s *PulsarSource) firstPublishedAt(ctx context.Context, t time.Time) (pulsar.MessageID, error) {
+	attempt := max(4*s.opts.OperationTimeout, 20*time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		id, err := s.seekOnce(actx, t)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return id, err
+		}
+	}
+}
+
+func (s *PulsarSource) seekOnce(ctx context.Context, t time.Time) (pulsar.MessageID, error) {
 	r, err := s.newReader(ctx, pulsar.EarliestMessageID(), false, 1)
 	if err != nil {
 		return nil, err
