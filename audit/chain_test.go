@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -57,6 +59,12 @@ func TestSealMatchesComputeHashAndRoundTrips(t *testing.T) {
 	again, _ := ComputeHash(&back)
 	if again != ev.Hash {
 		t.Errorf("hash after decoding %s, want %s", again, ev.Hash)
+	}
+	// What a verifier following SPEC §6 computes: SHA-256 over the stored
+	// event with its "hash" member left out.
+	without := strings.Replace(string(data), `,"hash":"`+ev.Hash+`"`, "", 1)
+	if sum := sha256.Sum256([]byte(without)); "sha256:"+hex.EncodeToString(sum[:]) != ev.Hash {
+		t.Errorf("hash %s is not SHA-256 over the event without its hash member", ev.Hash)
 	}
 	if !strings.Contains(string(data), `"time":"2026-11-26T16:00:00.123456Z"`) {
 		t.Errorf("time not normalized to UTC microseconds: %s", data)
