@@ -124,6 +124,11 @@ func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*
 //     truncated, foreign, expired or sealed with a retired secret counts as
 //     no credentials and is cleared on w.
 func (a *Authenticator) Authenticate(w http.ResponseWriter, r *http.Request) (*Identity, error) {
+	if a.cfg.Bearer.Enabled && len(r.Header.Values("Authorization")) > 1 {
+		// Authorization is a singleton field (RFC 9110 §11.6.2): with two,
+		// Portcullis and the upstream could each believe a different one.
+		return nil, invalid("more than one Authorization header")
+	}
 	if tok, ok := a.bearerToken(r.Header); ok {
 		return a.verifyBearer(r.Context(), tok)
 	}

@@ -113,6 +113,17 @@ func TestBearerTokens(t *testing.T) {
 		{"bad base64 header", "%%%." + parts[1] + "." + parts[2]},
 		{"JWE-shaped", "a.b.c.d.e"},
 		{"oversized", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["pad"] = strings.Repeat("x", 17<<10) }))},
+		// The browser sign-in's ID token (audience: the client_id, which a
+		// configuration may also list as a bearer audience) is no API key.
+		{"ID token: nonce, for the client", signRS256(t, idpKey, hdr, claims(func(c map[string]any) {
+			c["aud"] = []string{h.idp.ClientID, "portcullis"}
+			c["nonce"] = "n-0S6_WzA2Mj"
+		}))},
+		{"ID token: at_hash", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["at_hash"] = "77QmUPtjPfzWtF2AnpK9RQ" }))},
+		{"ID token: c_hash", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["c_hash"] = "LDktKdoQak3Pk0cnXxCltA" }))},
+		{"ID token: Keycloak typ", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["typ"] = "ID" }))},
+		{"control character in the subject", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["sub"] = "svc\r\nX-Portcullis-User: root" }))},
+		{"control character in the email", signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["email"] = "a@b.test\x00" }))},
 	}
 	for _, tc := range attacks {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,6 +135,25 @@ func TestBearerTokens(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("a nonce in an access token for an API is no ID token", func(t *testing.T) {
+		tok := signRS256(t, idpKey, hdr, claims(func(c map[string]any) { c["nonce"] = "copied-by-the-provider" }))
+		r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		if id, err := h.a.Authenticate(httptest.NewRecorder(), r); err != nil || id.Sub != "svc-backup" {
+			t.Errorf("Authenticate = %+v, %v; want svc-backup", id, err)
+		}
+	})
+
+	t.Run("two Authorization headers", func(t *testing.T) {
+		// Portcullis would check one and the upstream might believe the other.
+		r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)
+		r.Header.Add("Authorization", "Basic Zm9vOmJhcg==")
+		r.Header.Add("Authorization", "Bearer "+valid)
+		if id, err := h.a.Authenticate(httptest.NewRecorder(), r); !errors.Is(err, ErrInvalidCredentials) || id != nil {
+			t.Errorf("Authenticate = %+v, %v; want ErrInvalidCredentials", id, err)
+		}
+	})
 
 	t.Run("scheme without token", func(t *testing.T) {
 		r := httptest.NewRequest(http.MethodGet, "https://app.example.test/", nil)

@@ -601,6 +601,33 @@ func TestCallbackWithRefusedCodeIs400(t *testing.T) {
 	}
 }
 
+// TestIDTokenWithoutSubjectIsRefused: go-oidc accepts an ID token without
+// "sub"; a session without one would be refused on every request and send
+// the browser round the provider for ever.
+func TestIDTokenWithoutSubjectIsRefused(t *testing.T) {
+	h := newHarness(t)
+	for _, sub := range []string{"", "bad\nsubject"} {
+		h.idp.QueueUser(sub, "nobody@example.test", nil)
+		nf := h.noFollow(h.newClient())
+		resp := h.get(nf, h.url(appHost, "/x"), "Accept", "text/html")
+		for i := 0; i < 10 && resp.StatusCode == http.StatusFound; i++ {
+			next, err := resp.Location()
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp = h.get(nf, next.String())
+		}
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("sub %q: sign-in ended with %d, want 400", sub, resp.StatusCode)
+		}
+		for _, c := range resp.Cookies() {
+			if c.Name == h.cfg.Session.CookieName && c.MaxAge >= 0 && c.Value != "" {
+				t.Errorf("sub %q: a session cookie was set", sub)
+			}
+		}
+	}
+}
+
 // TestSessionOfRemovedProviderIsRefused: a session signed in through a
 // provider the configuration no longer has (removed, or renamed) stops
 // counting at once, not when it next refreshes.

@@ -277,6 +277,10 @@ func (a *Authenticator) sessionFromTokens(ctx context.Context, p *provider, d *d
 		if err := idt.Claims(&claims); err != nil {
 			return nil, fmt.Errorf("identity: id token claims: %w", err)
 		}
+		if idt.Subject == "" {
+			// go-oidc does not insist on it; OpenID Connect Core §2 does.
+			return nil, errors.New("identity: id token has no subject")
+		}
 		s.Sub, s.IDToken = idt.Subject, rawID
 		s.TokIat, s.TokExp = idt.IssuedAt.Unix(), idt.Expiry.Unix()
 		if s.TokIat <= 0 || s.TokIat > now.Unix() {
@@ -342,6 +346,9 @@ func (a *Authenticator) sessionFromTokens(ctx context.Context, p *provider, d *d
 		s.Name, _ = claims["preferred_username"].(string)
 	}
 	s.AMR, _ = claimStrings(claims, "amr")
+	if err := checkIdentityText(s.Sub, s.Email); err != nil {
+		return nil, fmt.Errorf("identity: id token: %w", err)
+	}
 	return s, nil
 }
 

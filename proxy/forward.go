@@ -115,7 +115,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 			out.Header.Set(HeaderEmail, x.who.Email)
 		}
 		if len(x.who.Groups) > 0 {
-			out.Header.Set(HeaderGroups, strings.Join(x.who.Groups, ","))
+			out.Header.Set(HeaderGroups, joinGroups(x.who.Groups))
 		}
 		if tok, err := x.st.Auth.Assertion(x.who, route.Name, route.Audience(), x.id); err == nil {
 			out.Header.Set(HeaderAssertion, tok)
@@ -307,4 +307,30 @@ func unescapeQuery(s string) string {
 		return u
 	}
 	return s
+}
+
+// joinGroups writes groups for X-Portcullis-Groups: comma-separated, each
+// name with "%", "," and control characters percent-encoded, so that a
+// group named "engineering,admins" cannot read as two groups to an
+// upstream that splits the header (and one with a line break cannot make
+// the request unforwardable). Names without those characters, nearly all,
+// are written as they are.
+func joinGroups(groups []string) string {
+	var b strings.Builder
+	for i, g := range groups {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		for j := 0; j < len(g); j++ {
+			switch c := g[j]; {
+			case c == '%' || c == ',' || c < 0x20 || c == 0x7f:
+				b.WriteByte('%')
+				b.WriteByte("0123456789ABCDEF"[c>>4])
+				b.WriteByte("0123456789ABCDEF"[c&15])
+			default:
+				b.WriteByte(c)
+			}
+		}
+	}
+	return b.String()
 }

@@ -38,7 +38,12 @@ func (fakeAuth) Authenticate(w http.ResponseWriter, r *http.Request) (*identity.
 		}
 		return nil, nil
 	}
-	return &identity.Identity{Authenticated: true, Sub: sub, Email: sub + "@example.com", Groups: []string{"engineering"}, AuthMethod: "bearer"}, nil
+	groups := []string{"engineering"}
+	if sub == "mallory" {
+		// A provider that lets users name their own groups.
+		groups = []string{"engineering,admins", "100%", "ops\r\nX-Evil: 1"}
+	}
+	return &identity.Identity{Authenticated: true, Sub: sub, Email: sub + "@example.com", Groups: groups, AuthMethod: "bearer"}, nil
 }
 func (fakeAuth) StartLogin(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "https://idp.test/authorize", http.StatusFound)
@@ -415,6 +420,12 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	r := seen.last()
 	if r.Header.Get("X-Policy-Header") != "yes" || r.Header.Get("X-Portcullis-User") != "" {
 		t.Errorf("public request headers = %v", r.Header)
+	}
+	// A group name cannot pass for several groups, or break the header.
+	if resp, body := do(t, ps, "GET", "app.test", "/x", http.Header{"Authorization": {"Test mallory"}}); resp.StatusCode != 200 {
+		t.Errorf("user with odd group names: %d %s", resp.StatusCode, body)
+	} else if got, want := seen.last().Header.Get("X-Portcullis-Groups"), "engineering%2Cadmins,100%25,ops%0D%0AX-Evil: 1"; got != want {
+		t.Errorf("X-Portcullis-Groups = %q, want %q", got, want)
 	}
 	// A browser's form post is sent to sign in too (after it the browser
 	// comes back with a GET).

@@ -234,6 +234,11 @@ func splitGroups(s string) []string {
 	out := []string{}
 	for g := range strings.SplitSeq(s, ",") {
 		if g = strings.TrimSpace(g); g != "" {
+			// Portcullis percent-encodes "%", "," and control characters
+			// inside a name.
+			if dec, err := url.PathUnescape(g); err == nil {
+				g = dec
+			}
 			out = append(out, g)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -392,5 +393,13 @@ func TestNewRejectsBadOptions(t *testing.T) {
 				t.Errorf("New(%+v) succeeded", tc.opts)
 			}
 		})
+	}
+}
+
+func TestSplitGroupsDecodesNames(t *testing.T) {
+	got := splitGroups("engineering%2Cadmins, 100%25,ops%0D%0AX,")
+	want := []string{"engineering,admins", "100%", "ops\r\nX"}
+	if !slices.Equal(got, want) {
+		t.Errorf("splitGroups = %q, want %q", got, want)
 	}
 }

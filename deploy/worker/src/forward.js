@@ -54,6 +54,20 @@ export function headerValue(text) {
   return text;
 }
 
+/**
+ * The X-Portcullis-Groups value, written as Portcullis writes it: names
+ * comma-separated, each with '%', ',' and control characters
+ * percent-encoded, so that a group named "engineering,admins" cannot read
+ * as two groups to an origin that splits the header.
+ */
+export function joinGroups(groups) {
+  return groups
+    .map((g) =>
+      g.replace(/[%,\u0000-\u001f\u007f]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`),
+    )
+    .join(',');
+}
+
 // Identity headers of other identity-aware proxies (oauth2-proxy, Pomerium,
 // Cloudflare Access, Google IAP, AWS ALB, Azure, REMOTE_USER, Grafana) and
 // the path overrides some frameworks honour: an origin may still trust one
@@ -107,7 +121,7 @@ export function buildOriginRequest(request, { originURL, claims, requestId }) {
   }
   headers.set(IDENTITY_HEADERS.user, headerValue(claims.sub));
   if (claims.email !== undefined) headers.set(IDENTITY_HEADERS.email, headerValue(claims.email));
-  if (claims.groups.length > 0) headers.set(IDENTITY_HEADERS.groups, headerValue(claims.groups.join(',')));
+  if (claims.groups.length > 0) headers.set(IDENTITY_HEADERS.groups, joinGroups(claims.groups));
   headers.set('x-request-id', requestId);
 
   const init = { method: request.method, headers, redirect: 'manual' };
