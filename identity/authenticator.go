@@ -60,6 +60,9 @@ func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*
 	var p confkit.Problems
 	cfg.Validate(&p, "identity")
 	acfg.Validate(&p, "assertion")
+	for _, path := range cfg.PublishedSecrets() {
+		p.Add(path, "%s", publishedSecretAdvice)
+	}
 	if err := p.Err(); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}

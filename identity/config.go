@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +54,10 @@ type SessionConfig struct {
 	// secret is rotated in by putting it first and keeping the old one
 	// second until the old cookies have expired.
 	Secrets []string `yaml:"secrets"`
+
+	// published holds the paths of Secrets anyone can read (see
+	// PublishedSecrets); set by Validate.
+	published []string
 	// Lifetime bounds a session (default 12h); signing in again is needed
 	// afterwards whatever the provider's tokens say.
 	Lifetime time.Duration `yaml:"lifetime"`
@@ -198,6 +203,7 @@ func (c *Config) Validate(p *confkit.Problems, path string) {
 		p.Add(confkit.Join(sp, "secrets"), "at least one secret is required: generate one with `openssl rand -base64 32`")
 	}
 	c.Session.keys = c.Session.keys[:0]
+	c.Session.published = c.Session.published[:0]
 	for i, s := range c.Session.Secrets {
 		k, err := decodeSecret(s)
 		ip := confkit.Index(confkit.Join(sp, "secrets"), i)
@@ -208,6 +214,9 @@ func (c *Config) Validate(p *confkit.Problems, path string) {
 			p.Add(ip, "decodes to %d bytes; need at least %d: generate one with `openssl rand -base64 32`", len(k), minSecretBytes)
 		default:
 			c.Session.keys = append(c.Session.keys, k)
+			if slices.Contains(publishedSecrets, string(k)) {
+				c.Session.published = append(c.Session.published, ip)
+			}
 		}
 	}
 	confkit.RequireDuration(p, confkit.Join(sp, "lifetime"), c.Session.Lifetime)
@@ -310,3 +319,20 @@ func validHostname(h string) bool {
 	}
 	return true
 }
+
+// publishedSecrets are session secrets printed where anyone can read them:
+// the example configuration's fallback, which lets `portcullis check` pass
+// out of the box. Sessions sealed with one can be forged by anyone.
+var publishedSecrets = []string{"secret-secret-secret-secret-secret-12345"}
+
+// PublishedSecrets lists the config paths of session secrets that are
+// published (the example configuration's): `check` warns about them and
+// New refuses them. Validate must have run.
+func (c *Config) PublishedSecrets() []string { return slices.Clone(c.Session.published) }
+
+// publishedSecretAdvice ends the message about a published secret.
+const publishedSecretAdvice = "is the example configuration's published secret: anyone can forge a session with it; " +
+	"set your own (`openssl rand -base64 32`, e.g. in PORTCULLIS_SESSION_SECRET)"
+
+// PublishedSecretProblem is the message about a secret at path.
+func PublishedSecretProblem(path string) string { return path + ": " + publishedSecretAdvice }

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"encoding/base64"
 	"strings"
 	"testing"
@@ -142,3 +143,22 @@ func TestSecretsAcceptBothBase64Alphabets(t *testing.T) {
 
 func b64std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 func b64url(b []byte) string { return base64.URLEncoding.EncodeToString(b) }
+
+// TestPublishedSecretIsRefused: the example configuration's fallback
+// session secret is public; an Authenticator will not seal sessions with it.
+func TestPublishedSecretIsRefused(t *testing.T) {
+	example := "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=="
+	cfg := Config{ExternalURL: "https://auth.example.test", Session: SessionConfig{Secrets: []string{testSecret, example}}}
+	cfg.SetDefaults(t.TempDir())
+	var p confkit.Problems
+	cfg.Validate(&p, "identity")
+	if got := cfg.PublishedSecrets(); len(got) != 1 || got[0] != "identity.session.secrets[1]" {
+		t.Fatalf("PublishedSecrets = %q, want [identity.session.secrets[1]]", got)
+	}
+	var acfg AssertionConfig
+	acfg.SetDefaults(t.TempDir())
+	_, err := New(context.Background(), cfg, acfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "identity.session.secrets[1]: is the example configuration's published secret") {
+		t.Errorf("New with the published secret: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/portcullis/portcullis/identity"
 	"github.com/portcullis/portcullis/internal/config"
 	"github.com/portcullis/portcullis/internal/confkit"
 	"github.com/portcullis/portcullis/policy"
@@ -25,6 +26,13 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	f, problems, err := checkConfig(ctx, *path)
 	if err != nil {
 		return fail(stderr, "%v", err)
+	}
+	if f != nil {
+		// Valid, so that the example passes check as it ships, but serve
+		// will not run with it.
+		for _, sp := range f.Identity.PublishedSecrets() {
+			fmt.Fprintf(stderr, "warning: %s (`portcullis serve` refuses it)\n", identity.PublishedSecretProblem(sp))
+		}
 	}
 	if problems.Len() > 0 {
 		fmt.Fprintf(stderr, "%s: %d problem(s):\n", *path, problems.Len())

@@ -32,6 +32,11 @@ func TestCheckPassesOnExampleConfig(t *testing.T) {
 	if !strings.Contains(stdout.String(), "ok") {
 		t.Errorf("stdout = %q, want an ok line", stdout.String())
 	}
+	// Its fallback session secret is printed in the repository: check says
+	// serve will refuse it.
+	if !strings.Contains(stderr.String(), "warning: identity.session.secrets[0]: is the example configuration's published secret") {
+		t.Errorf("stderr = %q, want a warning about the published session secret", stderr.String())
+	}
 	// check has no side effects: the data directory is not created.
 	if _, err := os.Stat("portcullis-data"); err == nil {
 		t.Errorf("check created ./portcullis-data")
