@@ -9,7 +9,7 @@ import (
 
 // Match reports whether ev passes every set field of f: Time in
 // [Since, Until), User equal to the subject or (case-insensitively) the
-// email, Route and Decision equal.
+// email, Route (when set, or RouteSet) and Decision equal.
 func (f Filter) Match(ev *Event) bool {
 	if !f.Since.IsZero() && ev.Time.Before(f.Since) {
 		return false
@@ -20,7 +20,7 @@ func (f Filter) Match(ev *Event) bool {
 	if f.User != "" && ev.User.Sub != f.User && !strings.EqualFold(ev.User.Email, f.User) {
 		return false
 	}
-	if f.Route != "" && ev.Route != f.Route {
+	if (f.Route != "" || f.RouteSet) && ev.Route != f.Route {
 		return false
 	}
 	if f.Decision != "" && ev.Decision != f.Decision {

@@ -152,6 +152,7 @@ func TestFilterMatch(t *testing.T) {
 		{"sub is case-sensitive", Filter{User: "U-1"}, false},
 		{"route", Filter{Route: "admin"}, true},
 		{"other route", Filter{Route: "app"}, false},
+		{"no route only", Filter{RouteSet: true}, false},
 		{"decision", Filter{Decision: DecisionDeny}, true},
 		{"other decision", Filter{Decision: DecisionAllow}, false},
 		{"all", Filter{Since: t0.Add(-time.Hour), Until: t0.Add(time.Hour), User: "u-1", Route: "admin", Decision: DecisionDeny}, true},

@@ -104,8 +104,11 @@ type SinkStatus struct {
 type Filter struct {
 	Since, Until time.Time
 	// User matches the subject or the email.
-	User     string
-	Route    string
+	User  string
+	Route string
+	// RouteSet makes an empty Route a filter too: the events of requests
+	// no route served (route "").
+	RouteSet bool
 	Decision string
 }
 

@@ -64,6 +64,7 @@ type auditFlags struct {
 	file, config                           string
 	since, until                           string
 	user, route, decision                  string
+	routeSet                               bool // --route was given, perhaps as ""
 	limit                                  int
 	output                                 string
 	foreign                                int // records skipped: not audit events
@@ -85,7 +86,10 @@ func (a *auditFlags) register(fs *flag.FlagSet, what int) {
 	fs.StringVar(&a.until, "until", "", "only events before `TIME` (RFC 3339, or a duration ago)")
 	if what&withFilters != 0 {
 		fs.StringVar(&a.user, "user", "", "only events of this user (`SUB|EMAIL`)")
-		fs.StringVar(&a.route, "route", "", "only events of the route `NAME`")
+		fs.Func("route", "only events of the route `NAME` (\"\": of requests no route served)", func(v string) error {
+			a.route, a.routeSet = v, true
+			return nil
+		})
 		fs.StringVar(&a.decision, "decision", "", "only events with this `decision`: allow, deny, unauthenticated or error")
 		fs.IntVar(&a.limit, "limit", 0, "print at most `N` events (0: no limit)")
 	}
@@ -135,7 +139,7 @@ func (a *auditFlags) check() error {
 
 // filter builds the event filter; durations count back from now.
 func (a *auditFlags) filter(now time.Time) (audit.Filter, error) {
-	f := audit.Filter{User: a.user, Route: a.route, Decision: a.decision}
+	f := audit.Filter{User: a.user, Route: a.route, RouteSet: a.routeSet, Decision: a.decision}
 	var err error
 	if a.since != "" {
 		if f.Since, err = parseWhen(a.since, now); err != nil {

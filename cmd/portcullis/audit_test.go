@@ -247,6 +247,7 @@ func TestAuditFile(t *testing.T) {
 			{"user by email, any case", []string{"--user", "carol@example.org"}, audit.Filter{User: "carol@example.org"}, 0},
 			{"user by sub", []string{"--user", "bob"}, audit.Filter{User: "bob"}, 0},
 			{"route and decision", []string{"--route", "app", "--decision", "deny"}, audit.Filter{Route: "app", Decision: "deny"}, 0},
+			{"requests no route served", []string{"--route", ""}, audit.Filter{RouteSet: true}, 0},
 			{"time range", []string{"--since", "2026-11-26T17:01:00Z", "--until", "2026-11-26T17:02:00Z"},
 				audit.Filter{Since: start.Add(time.Minute), Until: start.Add(2 * time.Minute)}, 0},
 			{"limit", []string{"--decision", "allow", "--limit", "7"}, audit.Filter{Decision: "allow"}, 7},
