@@ -134,6 +134,9 @@ func adminGet(t *testing.T, url string) (int, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	if resp.Header.Get("X-Request-Id") == "" {
+		t.Errorf("%s: no X-Request-Id", url)
+	}
 	return resp.StatusCode, string(b)
 }
 

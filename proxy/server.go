@@ -234,6 +234,7 @@ func (s *Server) httpsHandler() http.Handler {
 			}
 		}
 		if best != "" {
+			w.Header().Set(HeaderRequestID, newRequestID())
 			mounts[best].ServeHTTP(w, r)
 			return
 		}
@@ -287,5 +288,10 @@ func (s *Server) adminHandler() http.Handler {
 	if s.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
 	}
-	return mux
+	// Every response carries X-Request-Id (SPEC §3), the admin listener's
+	// too; these requests are not audited (probes would flood the trail).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderRequestID, newRequestID())
+		mux.ServeHTTP(w, r)
+	})
 }
