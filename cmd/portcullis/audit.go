@@ -212,7 +212,7 @@ func prepare(fs *flag.FlagSet, a *auditFlags, args []string, stderr io.Writer) (
 		err = a.check()
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "portcullis %s: %v\n", fs.Name(), err)
+		fmt.Fprintf(stderr, "portcullis %s: %s\n", fs.Name(), oneLine(err.Error()))
 		return f, nil, exitUsage
 	}
 	src, err := a.openSource(stderr)

@@ -159,6 +159,31 @@ func parseFlagsAndArgs(fs *flag.FlagSet, args []string) int {
 
 // fail prints one readable line to stderr and returns exitFail.
 func fail(stderr io.Writer, format string, args ...any) int {
-	fmt.Fprintf(stderr, "portcullis: "+format+"\n", args...)
+	fmt.Fprintf(stderr, "portcullis: %s\n", oneLine(fmt.Sprintf(format, args...)))
 	return exitFail
+}
+
+// oneLine folds a message that spans lines (errors.Join, a list of config
+// problems) into the one line an error gets on stderr: "a:\n  b\n  c"
+// becomes "a: b; c".
+func oneLine(msg string) string {
+	if !strings.Contains(msg, "\n") {
+		return msg
+	}
+	var b strings.Builder
+	for _, part := range strings.Split(msg, "\n") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteByte(' ')
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(part)
+	}
+	return b.String()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,21 @@ func TestHelpCommand(t *testing.T) {
 		if code != exitUsage || !strings.Contains(stderr, tt.want) || stdout != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %d and stderr naming %q", tt.args, code, stdout, stderr, exitUsage, tt.want)
 		}
+	}
+}
+
+// TestErrorsAreOneLine: SPEC §1, an error is one readable line on stderr,
+// also when it joins several (missing test directories).
+func TestErrorsAreOneLine(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"policy", "test", filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")}, &stdout, &stderr)
+	if code != exitFail {
+		t.Errorf("exit %d, want %d", code, exitFail)
+	}
+	if got := strings.TrimSuffix(stderr.String(), "\n"); strings.Contains(got, "\n") || !strings.Contains(got, "; stat ") {
+		t.Errorf("stderr = %q, want one line naming both directories", stderr.String())
+	}
+	if got, want := oneLine("config: 2 problem(s):\n  a: bad\n  b: worse\n"), "config: 2 problem(s): a: bad; b: worse"; got != want {
+		t.Errorf("oneLine = %q, want %q", got, want)
 	}
 }
