@@ -55,13 +55,15 @@ func isIdentityHeader(name string) bool {
 // name prefixes other identity-aware proxies and platforms use to tell a
 // backend who the user is (oauth2-proxy, Pomerium, Cloudflare Access,
 // Google IAP, AWS ALB, Azure App Service, Apache's REMOTE_USER, Grafana's
-// auth proxy). A backend moved behind Portcullis may still trust one of
+// auth proxy, Authelia). A backend moved behind Portcullis may still trust one of
 // them, so no client gets to send them, through a trusted proxy or not.
 var foreignIdentityHeaders = []string{
 	"x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
 	"x-forwarded-access-token", "x-auth-request-", "x-pomerium-", "cf-access-", "x-goog-authenticated-user-",
 	"x-goog-iap-", "x-amzn-oidc-", "x-ms-client-principal", "remote-user", "x-remote-user", "x-remote-group",
 	"x-remote-email", "x-webauth-", "x-authenticated-user", "x-authenticated-groups",
+	// Authelia's and others' forward-auth names.
+	"remote-groups", "remote-email", "remote-name", "x-email", "x-preferred-username",
 }
 
 // clientAddrHeaders carry the client's address as some front end saw it.

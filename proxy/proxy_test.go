@@ -209,7 +209,7 @@ func TestSpoofedIdentityHeadersNeverReachUpstream(t *testing.T) {
 		"X-Forwarded-Client-Cert", "X-Forwarded-Prefix",
 		// Other identity-aware proxies' identity headers.
 		"X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
-		"X-Forwarded-Access-Token", "X-Auth-Request-User", "X-Auth-Request-Email", "Remote-User", "Remote_User",
+		"X-Forwarded-Access-Token", "X-Auth-Request-User", "X-Auth-Request-Email", "Remote-User", "Remote_User", "Remote-Groups", "Remote-Email", "Remote-Name", "X-Email", "X-Preferred-Username",
 		"X-Remote-User", "X-Pomerium-Jwt-Assertion", "X-Pomerium-Claim-Email", "Cf-Access-Jwt-Assertion",
 		"Cf-Access-Authenticated-User-Email", "X-Goog-Iap-Jwt-Assertion", "X-Goog-Authenticated-User-Email",
 		"X-Amzn-Oidc-Data", "X-Amzn-Oidc-Identity", "X-Ms-Client-Principal-Name", "X-Webauth-User",

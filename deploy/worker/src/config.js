@@ -49,6 +49,12 @@ function httpURL(value, name, problems) {
   return u;
 }
 
+/** Whether a URL's hostname is a loopback address or localhost. */
+function isLoopback(hostname) {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
 function duration(env, name, problems) {
   const raw = env[name] ?? DEFAULTS[name];
   const ms = parseDuration(raw);
@@ -88,8 +94,8 @@ export function topicRestPath(topic) {
  * listing every problem. Pure: no network, no global changes.
  *
  * Variables: JWKS_URL, EXPECTED_ISSUER (required); ORIGIN_URL (required
- * unless a service binding ORIGIN exists); EXPECTED_AUDIENCE (comma-separated,
- * default: the Worker's own origin per request); JWKS_REFRESH_MIN_INTERVAL,
+ * unless a service binding ORIGIN exists); EXPECTED_AUDIENCE (required,
+ * comma-separated origins); JWKS_REFRESH_MIN_INTERVAL (>= 1s),
  * JWKS_CACHE_TTL, CLOCK_SKEW (<= 30s); PULSAR_REST_URL, PULSAR_TOPIC,
  * PULSAR_PRODUCER_NAME; secret PULSAR_TOKEN.
  */
@@ -104,6 +110,10 @@ export function parseConfig(env) {
   let jwksURL = null;
   if (!jwksRaw) problems.push('JWKS_URL: required (Portcullis\'s /.well-known/portcullis/jwks.json)');
   else jwksURL = httpURL(jwksRaw, 'JWKS_URL', problems);
+  if (jwksURL && jwksURL.protocol !== 'https:' && !isLoopback(jwksURL.hostname)) {
+    // Whoever can answer for the JWKS decides who the users are.
+    problems.push(`JWKS_URL: must be https (plain http only to a loopback address), got ${jwksURL.href}`);
+  }
 
   const issuer = str('EXPECTED_ISSUER');
   if (!issuer) problems.push('EXPECTED_ISSUER: required (Portcullis\'s identity.external_url)');
@@ -120,11 +130,20 @@ export function parseConfig(env) {
     problems.push('ORIGIN_URL: required unless a service binding named ORIGIN is configured');
   }
 
+  // Required: taken from the request instead, the audience would be
+  // whatever Host a client sends (self-hosted workerd answers any), and an
+  // assertion Portcullis signed for another upstream would pass here.
   const audRaw = str('EXPECTED_AUDIENCE');
-  const audiences = audRaw ? audRaw.split(',').map((s) => s.trim()).filter(Boolean).map(normalizeOrigin) : null;
-  if (audRaw && audiences.length === 0) problems.push('EXPECTED_AUDIENCE: empty list');
+  const audiences = audRaw ? audRaw.split(',').map((s) => s.trim()).filter(Boolean).map(normalizeOrigin) : [];
+  if (audiences.length === 0) {
+    problems.push('EXPECTED_AUDIENCE: required: the origin Portcullis\'s route upstream names for this Worker (e.g. https://app-origin.example.com; several comma-separated)');
+  }
 
   const refreshMinMs = duration(env, 'JWKS_REFRESH_MIN_INTERVAL', problems);
+  if (refreshMinMs < 1000) {
+    // It is what keeps requests with made-up kids from fetching the JWKS each.
+    problems.push(`JWKS_REFRESH_MIN_INTERVAL: at least 1s, got ${env.JWKS_REFRESH_MIN_INTERVAL}`);
+  }
   const cacheTtlMs = duration(env, 'JWKS_CACHE_TTL', problems);
   const skewMs = duration(env, 'CLOCK_SKEW', problems);
   if (skewMs > MAX_CLOCK_SKEW_MS) problems.push(`CLOCK_SKEW: at most 30s, got ${env.CLOCK_SKEW}`);
@@ -151,7 +170,7 @@ export function parseConfig(env) {
   return Object.freeze({
     jwksURL: jwksURL.href,
     issuer,
-    audiences: audiences ? Object.freeze(audiences) : null,
+    audiences: Object.freeze(audiences),
     originURL,
     originBinding,
     refreshMinMs,

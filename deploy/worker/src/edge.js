@@ -18,8 +18,16 @@
 const PUBLISH_TIMEOUT_MS = 10_000;
 // The most messages one POST carries.
 const MAX_BATCH = 100;
-// How often a request whose event is queued behind another POST looks again.
-const POLL_MS = 2;
+// How often a request whose event is queued behind another POST looks
+// again: first after POLL_MIN_MS, then twice as long each time up to
+// POLL_MAX_MS, so that requests waiting out a slow broker cost little CPU.
+const POLL_MIN_MS = 2;
+const POLL_MAX_MS = 100;
+// The most events an isolate holds while the broker is slow or down; more
+// are dropped (and logged), as edge events are best-effort: an isolate's
+// memory and CPU are worth more than a complete edge trail (Portcullis's
+// own audit trail is the complete one).
+const MAX_QUEUED = 1000;
 // A POST still unfinished after this long belongs to a request the runtime
 // cut off (its fetch would have timed out long before): its events go back
 // to the front of the queue and another request sends them again, with the
@@ -37,6 +45,7 @@ export class EdgePublisher {
   #now;
   /** @type {{batch: object[], since: number}|null} the POST under way */
   #inflight = null;
+  #dropped = 0;
 
   /**
    * @param {{produceURL: string, token: string|null, producerName: string}} cfg
@@ -76,14 +85,30 @@ export class EdgePublisher {
       done: false,
       ok: false,
     };
+    if (this.#queue.length >= MAX_QUEUED) {
+      this.#dropped++;
+      if (this.#dropped === 1 || this.#dropped % 100 === 0) {
+        this.#log.error(
+          JSON.stringify({
+            msg: 'edge event dropped: too many waiting for the broker',
+            request_id: event.request_id,
+            queued: this.#queue.length,
+            dropped_total: this.#dropped,
+          }),
+        );
+      }
+      return false;
+    }
     this.#queue.push(entry);
+    let wait = POLL_MIN_MS;
     while (!entry.done) {
       if (this.#inflight && this.#now() - this.#inflight.since > ABANDONED_MS) {
         this.#queue.unshift(...this.#inflight.batch.filter((e) => !e.done));
         this.#inflight = null;
       }
       if (this.#inflight) {
-        await this.#sleep(POLL_MS);
+        await this.#sleep(wait);
+        wait = Math.min(wait * 2, POLL_MAX_MS);
         continue;
       }
       const mine = { batch: this.#queue.splice(0, MAX_BATCH), since: this.#now() };

@@ -69,7 +69,8 @@ export function joinGroups(groups) {
 }
 
 // Identity headers of other identity-aware proxies (oauth2-proxy, Pomerium,
-// Cloudflare Access, Google IAP, AWS ALB, Azure, REMOTE_USER, Grafana) and
+// Cloudflare Access, Google IAP, AWS ALB, Azure, REMOTE_USER, Grafana,
+// Authelia) and
 // the path overrides some frameworks honour: an origin may still trust one
 // of them, and nothing between Portcullis and the Worker is trusted. Names
 // and prefixes, lower case, '_' read as '-' (as Portcullis strips them).
@@ -80,6 +81,7 @@ const SPOOFABLE = [
   'remote-user', 'x-remote-user', 'x-remote-group', 'x-remote-email', 'x-webauth-', 'x-authenticated-user',
   'x-authenticated-groups', 'x-original-url', 'x-rewrite-url', 'x-forwarded-uri', 'x-forwarded-path',
   'x-forwarded-prefix', 'x-original-uri', 'x-override-url',
+  'remote-groups', 'remote-email', 'remote-name', 'x-email', 'x-preferred-username',
 ];
 
 /**

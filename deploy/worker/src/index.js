@@ -24,6 +24,15 @@ function jsonResponse(status, body, requestId, extra = {}) {
   });
 }
 
+/** The URL's path, or null when it does not parse (a "*" target). */
+function pathOf(url) {
+  try {
+    return new URL(url).pathname;
+  } catch {
+    return null;
+  }
+}
+
 function unauthorized(state, reason) {
   state.verdict = 'unauthorized';
   state.reason = reason;
@@ -78,8 +87,12 @@ export function createWorker(deps = {}) {
       return jsonResponse(500, { error: 'misconfigured' }, state.requestId);
     }
     state.cfg = cfg;
+    if (state.path === null) {
+      state.reason = 'bad request target';
+      return jsonResponse(400, { error: 'bad_request', reason: state.reason, request_id: state.requestId }, state.requestId);
+    }
 
-    const audiences = cfg.audiences ?? [normalizeOrigin(new URL(request.url).origin)];
+    const audiences = cfg.audiences;
     let claims;
     try {
       claims = await verifyAssertion(request.headers.get(ASSERTION_HEADER), {
@@ -130,6 +143,8 @@ export function createWorker(deps = {}) {
         sub: '',
         route: '',
         cfg: null,
+        // null for a target that is no URL (OPTIONS *): refused with 400.
+        path: pathOf(request.url),
       };
       let response;
       try {
@@ -148,7 +163,8 @@ export function createWorker(deps = {}) {
           sub: state.sub,
           route: state.route,
           method: request.method,
-          path: new URL(request.url).pathname,
+          // workerd hands a "*" target over as "http://host*".
+          path: state.path ?? String(request.url).replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#*]*/i, '').slice(0, 200),
           status: response.status,
           verdict: state.verdict,
         };

@@ -113,14 +113,16 @@ export class JwksCache {
       const resp = await this.#fetch(this.#url, {
         headers: { accept: 'application/json' },
         signal: AbortSignal.timeout(JWKS_FETCH_TIMEOUT_MS),
+        // A redirect is not followed: wherever it points could hand out
+        // signing keys of its own.
+        redirect: 'manual',
       });
       if (resp.status !== 200) {
         await resp.body?.cancel();
-        throw new Error(`status ${resp.status}`);
+        const where = resp.headers.get('location');
+        throw new Error(where ? `status ${resp.status} (a redirect, not followed, to ${where.slice(0, 200)})` : `status ${resp.status}`);
       }
-      const text = await resp.text();
-      if (text.length > MAX_JWKS_BYTES) throw new Error('JWKS too large');
-      const doc = JSON.parse(text);
+      const doc = JSON.parse(await readLimited(resp, MAX_JWKS_BYTES));
       if (!doc || !Array.isArray(doc.keys)) throw new Error('no "keys" array');
       const keys = new Map();
       for (const jwk of doc.keys) {
@@ -134,6 +136,31 @@ export class JwksCache {
       this.#log.error(JSON.stringify({ msg: 'jwks fetch failed', url: this.#url, why, error: String(err?.message ?? err) }));
     }
   }
+}
+
+/** Reads a response body as text, failing as soon as it passes max bytes. */
+async function readLimited(resp, max) {
+  if (!resp.body) return '';
+  const reader = resp.body.getReader();
+  const chunks = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.byteLength;
+    if (n > max) {
+      await reader.cancel();
+      throw new Error('JWKS too large');
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
 }
 
 async function importES256(jwk, log) {

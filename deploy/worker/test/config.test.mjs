@@ -6,7 +6,12 @@ import { describe, it } from 'node:test';
 
 import { ConfigError, normalizeOrigin, parseConfig, parseDuration, topicRestPath } from '../src/config.js';
 
-const base = { JWKS_URL: 'https://auth.example.com/.well-known/portcullis/jwks.json', EXPECTED_ISSUER: 'https://auth.example.com', ORIGIN_URL: 'https://origin.example.com' };
+const base = {
+  JWKS_URL: 'https://auth.example.com/.well-known/portcullis/jwks.json',
+  EXPECTED_ISSUER: 'https://auth.example.com',
+  ORIGIN_URL: 'https://origin.example.com',
+  EXPECTED_AUDIENCE: 'https://app-origin.example.com',
+};
 
 describe('parseDuration', () => {
   const cases = { '30s': 30_000, '500ms': 500, '10m': 600_000, '1h': 3_600_000, 30: 30_000, '2.5s': 2_500, '': NaN, '30x': NaN, '-1s': NaN };
@@ -43,7 +48,7 @@ describe('parseConfig', () => {
   it('fills defaults', () => {
     const cfg = parseConfig(base);
     const got = { refresh: cfg.refreshMinMs, ttl: cfg.cacheTtlMs, skew: cfg.skewMs, aud: cfg.audiences, pulsar: cfg.pulsar };
-    assert.deepEqual(got, { refresh: 30_000, ttl: 600_000, skew: 30_000, aud: null, pulsar: null });
+    assert.deepEqual(got, { refresh: 30_000, ttl: 600_000, skew: 30_000, aud: ['https://app-origin.example.com'], pulsar: null });
   });
 
   it('reads the audience list and Pulsar settings', () => {
@@ -62,6 +67,12 @@ describe('parseConfig', () => {
     });
   });
 
+  it('accepts plain http for a loopback JWKS only', () => {
+    for (const u of ['http://127.0.0.1:9/j', 'http://localhost:9/j', 'http://[::1]:9/j']) {
+      assert.equal(parseConfig({ ...base, JWKS_URL: u }).jwksURL, new URL(u).href);
+    }
+  });
+
   it('accepts a service binding instead of ORIGIN_URL', () => {
     const binding = { fetch: () => {} };
     const cfg = parseConfig({ ...base, ORIGIN_URL: undefined, ORIGIN: binding });
@@ -71,7 +82,13 @@ describe('parseConfig', () => {
 
   it('reports every problem at once', () => {
     const cases = [
-      { name: 'empty env', env: {}, want: ['JWKS_URL', 'EXPECTED_ISSUER', 'ORIGIN_URL'] },
+      { name: 'empty env', env: {}, want: ['JWKS_URL', 'EXPECTED_ISSUER', 'ORIGIN_URL', 'EXPECTED_AUDIENCE'] },
+      // The audience is never taken from the request's Host.
+      { name: 'no audience', env: { ...base, EXPECTED_AUDIENCE: undefined }, want: ['EXPECTED_AUDIENCE'] },
+      { name: 'blank audience list', env: { ...base, EXPECTED_AUDIENCE: ' , ' }, want: ['EXPECTED_AUDIENCE'] },
+      // Whoever answers for the JWKS decides who the users are.
+      { name: 'plain http JWKS', env: { ...base, JWKS_URL: 'http://auth.example.com/jwks.json' }, want: ['JWKS_URL'] },
+      { name: 'no JWKS rate limit', env: { ...base, JWKS_REFRESH_MIN_INTERVAL: '0' }, want: ['JWKS_REFRESH_MIN_INTERVAL'] },
       { name: 'bad urls', env: { ...base, JWKS_URL: 'ftp://x', ORIGIN_URL: 'https://o.example.com/?q=1' }, want: ['JWKS_URL', 'ORIGIN_URL'] },
       { name: 'skew over 30s', env: { ...base, CLOCK_SKEW: '31s' }, want: ['CLOCK_SKEW'] },
       { name: 'bad durations', env: { ...base, JWKS_REFRESH_MIN_INTERVAL: 'soon', JWKS_CACHE_TTL: '1s', CLOCK_SKEW: 'x' }, want: ['JWKS_REFRESH_MIN_INTERVAL', 'CLOCK_SKEW'] },

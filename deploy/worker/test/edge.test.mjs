@@ -104,4 +104,36 @@ describe('EdgePublisher', () => {
     assert.equal(arrived.length, 2);
     assert.deepEqual(arrived[1], [arrived[0][0], arrived[0][0] + 1], 'the cut-off event is resent first, under its own id');
   });
+
+  it('waits longer and longer behind a slow POST, and drops events beyond 1000 waiting', async () => {
+    let release;
+    const gate = new Promise((resolve) => {
+      release = resolve;
+    });
+    const sleeps = [];
+    const log = quietLog();
+    const pub = new EdgePublisher(CFG, {
+      log,
+      sleep: async (ms) => {
+        sleeps.push(ms);
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      },
+      fetch: async (url, init) => {
+        await gate;
+        const n = JSON.parse(init.body).messages.length;
+        return new Response(JSON.stringify({ messagePublishResults: Array.from({ length: n }, () => ({ errorCode: 0 })) }), { status: 200 });
+      },
+    });
+    const first = pub.publish(event(0)); // its POST hangs on the gate
+    const waiting = Array.from({ length: 1000 }, (_, i) => pub.publish(event(i + 1)));
+    assert.equal(await pub.publish(event(2000)), false, 'the 1001st waiting event was queued');
+    assert.equal(log.lines[0]?.msg, 'edge event dropped: too many waiting for the broker');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    release();
+    const oks = await Promise.all([first, ...waiting]);
+    assert.ok(oks.every(Boolean), 'a queued event was lost');
+    const distinct = [...new Set(sleeps)].sort((a, b) => a - b);
+    assert.deepEqual(distinct.slice(0, 3), [2, 4, 8], `waits ${distinct}`);
+    assert.ok(Math.max(...sleeps) <= 100, `a wait of ${Math.max(...sleeps)} ms`);
+  });
 });

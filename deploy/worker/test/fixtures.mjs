@@ -107,13 +107,18 @@ export async function selfSignedCert() {
  * tls ({key, cert}) is given.
  */
 export async function startJwksServer(initialKeys, { tls } = {}) {
-  const state = { keys: [...initialKeys], fetches: 0, status: 200 };
+  // state.redirect: answer 302 to that URL instead of the keys.
+  const state = { keys: [...initialKeys], fetches: 0, status: 200, redirect: null };
   const handler = (req, res) => {
     if (req.url !== '/jwks.json') {
       res.writeHead(404).end();
       return;
     }
     state.fetches++;
+    if (state.redirect) {
+      res.writeHead(302, { location: state.redirect }).end();
+      return;
+    }
     res.writeHead(state.status, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ keys: state.keys.map((k) => k.jwk) }));
   };

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 
 import { claimsFor, newES256Key, signJWT, startJwksServer, startOrigin } from './fixtures.mjs';
-import { startWorkerd } from './workerd.mjs';
+import { SELF_ORIGIN, startWorkerd } from './workerd.mjs';
 
 const WEB = process.env.PULSAR_WEB_URL?.replace(/\/+$/, '');
 const CI = process.env.CI === 'true';
@@ -72,6 +72,7 @@ describe('edge events on a real Pulsar broker', { skip: WEB ? false : 'set PULSA
         EXPECTED_ISSUER: ISSUER,
         ORIGIN_URL: origin.url,
         PULSAR_REST_URL: WEB,
+        EXPECTED_AUDIENCE: SELF_ORIGIN,
         PULSAR_TOPIC: `persistent://${TOPIC_PATH}`,
       },
     });

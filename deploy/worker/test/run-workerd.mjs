@@ -21,7 +21,7 @@ import { readFile } from 'node:fs/promises';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
 
-import { startWorkerd } from './workerd.mjs';
+import { SELF_ORIGIN, startWorkerd } from './workerd.mjs';
 
 const usage = `usage: run-workerd.mjs --port P --origin URL --jwks URL --issuer ISS [--audience AUD]
        [--refresh-interval DUR] [--pulsar-rest-url URL] [--pulsar-topic TOPIC] [--pulsar-token TOKEN]
@@ -70,7 +70,7 @@ try {
     bindings: {
       JWKS_URL: opts.jwks,
       EXPECTED_ISSUER: opts.issuer,
-      EXPECTED_AUDIENCE: opts.audience,
+      EXPECTED_AUDIENCE: opts.audience ?? SELF_ORIGIN,
       ORIGIN_URL: opts.origin,
       JWKS_REFRESH_MIN_INTERVAL: opts['refresh-interval'],
       PULSAR_REST_URL: opts['pulsar-rest-url'],

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -18,7 +19,7 @@ import {
   wsFrame,
   wsUnframe,
 } from './fixtures.mjs';
-import { startWorkerd } from './workerd.mjs';
+import { SELF_ORIGIN, startWorkerd } from './workerd.mjs';
 
 const ISSUER = 'https://auth.portcullis.test';
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -40,7 +41,7 @@ function rawRequest(url, { method = 'GET', headers = {} } = {}) {
   });
 }
 
-describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', () => {
+describe('worker (EXPECTED_AUDIENCE = its own origin, ORIGIN_URL, edge events)', () => {
   let key;
   let otherKey;
   let jwks;
@@ -61,6 +62,7 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
         EXPECTED_ISSUER: ISSUER,
         ORIGIN_URL: origin.url,
         JWKS_REFRESH_MIN_INTERVAL: `${REFRESH_MS}ms`,
+        EXPECTED_AUDIENCE: SELF_ORIGIN,
         PULSAR_REST_URL: pulsar.url,
         PULSAR_TOPIC: 'persistent://public/default/portcullis-edge',
         PULSAR_TOKEN: 'edge-token',
@@ -89,6 +91,7 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
         x_portcullis_groups: 'admins',
         X_Portcullis_User: 'root',
         'remote-user': 'root',
+        'remote-groups': 'admins',
         'x-forwarded-user': 'root',
         'x-auth-request-groups': 'admins',
         'cf-access-authenticated-user-email': 'root@example.com',
@@ -113,6 +116,7 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
       underscoreGroups: [seen.headers.x_portcullis_groups, undefined],
       underscoreUser: [seen.headers.x_portcullis_user, undefined],
       remoteUser: [seen.headers['remote-user'], undefined],
+      remoteGroups: [seen.headers['remote-groups'], undefined],
       forwardedUser: [seen.headers['x-forwarded-user'], undefined],
       authRequest: [seen.headers['x-auth-request-groups'], undefined],
       cfAccess: [seen.headers['cf-access-authenticated-user-email'], undefined],
@@ -270,6 +274,43 @@ describe('worker (default audience = its own origin, ORIGIN_URL, edge events)', 
       for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `sequence ids of ${producer} not increasing: ${seqs}`);
     }
     assert.doesNotMatch(worker.output(), /different request|cross-request|never generate a response/i);
+  });
+
+  it('answers 400 to a request target that is no URL, and still publishes its edge event', async () => {
+    const rid = `star-${crypto.randomUUID()}`;
+    const { port } = new URL(worker.url);
+    const head = await new Promise((resolve, reject) => {
+      const sock = net.connect(Number(port), '127.0.0.1', () => {
+        sock.write(`OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Request-Id: ${rid}\r\nConnection: close\r\n\r\n`);
+      });
+      let got = '';
+      sock.on('data', (c) => {
+        got += c;
+      });
+      sock.on('end', () => resolve(got));
+      sock.on('error', reject);
+      sock.setTimeout(5000, () => sock.destroy(new Error('timeout')));
+    });
+    assert.match(head, /^HTTP\/1\.1 400 /, head.slice(0, 200));
+    const { msg } = await pulsar.waitFor((m) => m.payload.includes(rid));
+    const ev = JSON.parse(msg.payload);
+    assert.deepEqual({ status: ev.status, path: ev.path, method: ev.method }, { status: 400, path: '*', method: 'OPTIONS' });
+  });
+
+  it('never takes the audience from the Host header', async () => {
+    const token = good({ aud: 'http://billing.internal.example.com' });
+    const before = origin.state.requests.length;
+    const status = await new Promise((resolve, reject) => {
+      const { port } = new URL(worker.url);
+      const req = http.request({ host: '127.0.0.1', port, path: '/admin', headers: { host: 'billing.internal.example.com', 'x-portcullis-assertion': token } }, (res) => {
+        res.resume();
+        resolve(res.statusCode);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(status, 401);
+    assert.equal(origin.state.requests.length, before, 'the origin was contacted');
   });
 
   it('logs an edge event the broker reports as failed (errorCode)', async () => {
@@ -525,7 +566,7 @@ describe('worker (failure modes)', () => {
     jwks.state.status = 503;
     const misconfigured = await startWorkerd({ bindings: { ORIGIN_URL: origin.url, CLOCK_SKEW: '5m' } });
     const noJwks = await startWorkerd({
-      bindings: { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url, JWKS_REFRESH_MIN_INTERVAL: '10m' },
+      bindings: { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url, JWKS_REFRESH_MIN_INTERVAL: '10m', EXPECTED_AUDIENCE: SELF_ORIGIN },
     });
     try {
       const r1 = await fetch(`${misconfigured.url}/x`);
@@ -550,12 +591,34 @@ describe('worker (failure modes)', () => {
     }
   });
 
+  it('does not follow a redirect of the JWKS URL (whoever it points to would choose the keys)', async () => {
+    const origin = await startOrigin();
+    const attacker = newES256Key();
+    const evil = await startJwksServer([attacker]);
+    const jwks = await startJwksServer([newES256Key()]);
+    jwks.state.redirect = evil.url.replace('127.0.0.1', 'localhost');
+    const worker = await startWorkerd({ bindings: { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url, EXPECTED_AUDIENCE: SELF_ORIGIN } });
+    try {
+      const forged = signJWT(claimsFor({ issuer: ISSUER, audience: worker.url, sub: 'forged-admin' }), { key: attacker });
+      const r = await fetch(`${worker.url}/x`, { headers: { 'x-portcullis-assertion': forged } });
+      assert.equal(r.status, 401, await r.text());
+      assert.equal(evil.state.fetches, 0, 'the redirect was followed');
+      assert.equal(origin.state.requests.length, 0, 'the origin was contacted');
+      assert.match(worker.output(), /a redirect, not followed/);
+    } finally {
+      await worker.stop();
+      await jwks.close();
+      await evil.close();
+      await origin.close();
+    }
+  });
+
   it('fetches an HTTPS JWKS only from a trusted certificate', async () => {
     const tls = await selfSignedCert();
     const key = newES256Key();
     const jwks = await startJwksServer([key], { tls });
     const origin = await startOrigin();
-    const bindings = { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url };
+    const bindings = { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: origin.url, EXPECTED_AUDIENCE: SELF_ORIGIN };
     const trusting = await startWorkerd({ bindings, trustedCertificates: [tls.cert] });
     const untrusting = await startWorkerd({ bindings });
     try {
@@ -584,7 +647,7 @@ describe('worker (failure modes)', () => {
     const origin = await startOrigin();
     const deadURL = origin.url;
     await origin.close();
-    const worker = await startWorkerd({ bindings: { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: deadURL } });
+    const worker = await startWorkerd({ bindings: { JWKS_URL: jwks.url, EXPECTED_ISSUER: ISSUER, ORIGIN_URL: deadURL, EXPECTED_AUDIENCE: SELF_ORIGIN } });
     try {
       const token = signJWT(claimsFor({ issuer: ISSUER, audience: worker.url }), { key });
       const r = await fetch(`${worker.url}/x`, { headers: { 'x-portcullis-assertion': token, 'x-request-id': 'r-502' } });

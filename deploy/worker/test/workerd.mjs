@@ -86,6 +86,13 @@ ${bindingLines.join('\n')}
 `;
 }
 
+/**
+ * A binding value startWorkerd replaces with the Worker's own origin
+ * (http://127.0.0.1:PORT), for EXPECTED_AUDIENCE in tests that sign
+ * assertions for the Worker itself.
+ */
+export const SELF_ORIGIN = Symbol('the Worker\'s own origin');
+
 /** The path the readiness probe requests (answered 401 by the Worker). */
 export const PROBE_PATH = '/__portcullis_worker_probe';
 
@@ -136,6 +143,9 @@ async function waitUntilServing(port, child, timeoutMs) {
  */
 export async function startWorkerd({ port, bindings, originService, trustedCertificates, onOutput, startTimeoutMs = 30_000 }) {
   const listenPort = port ?? (await freePort());
+  bindings = Object.fromEntries(
+    Object.entries(bindings).map(([k, v]) => [k, v === SELF_ORIGIN ? `http://127.0.0.1:${listenPort}` : v]),
+  );
   const dir = await mkdtemp(path.join(os.tmpdir(), 'portcullis-workerd-'));
   await cp(SRC_DIR, path.join(dir, 'src'), { recursive: true });
   const modules = (await readdir(SRC_DIR)).filter((f) => f.endsWith('.js')).sort();
