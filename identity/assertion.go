@@ -45,6 +45,8 @@ type assertionClaims struct {
 	Iat    int64    `json:"iat"`
 	Exp    int64    `json:"exp"`
 	Jti    string   `json:"jti"`
+	Htm    string   `json:"htm,omitempty"`
+	Htu    string   `json:"htu,omitempty"`
 }
 
 func newAssertionSigner(cfg AssertionConfig, issuer string, clock Clock) (*assertionSigner, error) {
@@ -97,15 +99,15 @@ func thumbprint(k jose.JSONWebKey) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(tp), nil
 }
 
-func (s *assertionSigner) sign(id *Identity, route, audience, requestID string) (string, error) {
+func (s *assertionSigner) sign(id *Identity, req AssertionRequest) (string, error) {
 	now := s.clock.Now()
 	groups := id.Groups
 	if groups == nil {
 		groups = []string{}
 	}
 	payload, err := json.Marshal(assertionClaims{
-		Iss: s.issuer, Aud: audience, Sub: id.Sub, Email: id.Email, Groups: groups, Route: route,
-		Iat: now.Unix(), Exp: now.Add(s.lifetime).Unix(), Jti: requestID,
+		Iss: s.issuer, Aud: req.Audience, Sub: id.Sub, Email: id.Email, Groups: groups, Route: req.Route,
+		Iat: now.Unix(), Exp: now.Add(s.lifetime).Unix(), Jti: req.RequestID, Htm: req.Method, Htu: req.URL,
 	})
 	if err != nil {
 		return "", fmt.Errorf("identity: assertion claims: %w", err)

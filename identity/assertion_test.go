@@ -110,7 +110,8 @@ func TestAssertionClaimsAndKeyFile(t *testing.T) {
 	}
 
 	id := &Identity{Authenticated: true, Sub: "alice", Email: "alice@example.test", Groups: []string{"a", "b"}}
-	tok, err := a.Assertion(id, "admin", "http://127.0.0.1:9000", "req-42")
+	tok, err := a.Assertion(id, AssertionRequest{Route: "admin", Audience: "http://127.0.0.1:9000", RequestID: "req-42",
+		Method: "POST", URL: "http://127.0.0.1:9000/reports/q%2F3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +120,7 @@ func TestAssertionClaimsAndKeyFile(t *testing.T) {
 	want := map[string]any{
 		"iss": "https://auth.example.test", "aud": "http://127.0.0.1:9000", "sub": "alice", "email": "alice@example.test",
 		"route": "admin", "jti": "req-42", "iat": float64(clock.Now().Unix()), "exp": float64(clock.Now().Add(60 * time.Second).Unix()),
+		"htm": "POST", "htu": "http://127.0.0.1:9000/reports/q%2F3",
 	}
 	for k, v := range want {
 		if claims[k] != v {
@@ -128,7 +130,7 @@ func TestAssertionClaimsAndKeyFile(t *testing.T) {
 	if g, _ := claims["groups"].([]any); len(g) != 2 || g[0] != "a" || g[1] != "b" {
 		t.Errorf("groups = %v", claims["groups"])
 	}
-	if _, err := a.Assertion(nil, "r", "aud", "id"); err == nil {
+	if _, err := a.Assertion(nil, AssertionRequest{Route: "r", Audience: "aud", RequestID: "id"}); err == nil {
 		t.Error("Assertion(nil) succeeded")
 	}
 
@@ -176,7 +178,7 @@ func BenchmarkAssertion(b *testing.B) {
 	id := &Identity{Authenticated: true, Sub: "alice", Email: "alice@example.test", Groups: []string{"engineering", "admins"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := a.Assertion(id, "admin", "https://upstream.example.test", "01JD0000000000000000000000"); err != nil {
+		if _, err := a.Assertion(id, AssertionRequest{Route: "admin", Audience: "https://upstream.example.test", RequestID: "01JD0000000000000000000000"}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -219,14 +219,27 @@ func report(r *http.Request, id *Identity) {
 // external_url's host.
 func (a *Authenticator) Handler() http.Handler { return a.handler }
 
+// AssertionRequest is the upstream request an assertion is for.
+type AssertionRequest struct {
+	// Route is the route's name; Audience the upstream's origin
+	// (scheme://host[:port]); RequestID the request id.
+	Route, Audience, RequestID string
+	// Method and URL (without query: the upstream origin and the escaped
+	// path as the upstream receives it) become the htm and htu claims
+	// (named as in RFC 9449, DPoP), which bind the assertion to that one
+	// method and path; empty leaves them out.
+	Method, URL string
+}
+
 // Assertion signs the SPEC §4 JWT for one upstream request: ES256, kid in
 // the JWKS, iss = external_url, aud = audience, sub, email, groups, route,
-// iat, exp = iat + assertion.lifetime, jti = requestID.
-func (a *Authenticator) Assertion(id *Identity, route, audience, requestID string) (string, error) {
+// iat, exp = iat + assertion.lifetime, jti = requestID; and, an extension,
+// htm and htu.
+func (a *Authenticator) Assertion(id *Identity, req AssertionRequest) (string, error) {
 	if id == nil || !id.Authenticated {
 		return "", errors.New("identity: no identity to assert")
 	}
-	return a.signer.sign(id, route, audience, requestID)
+	return a.signer.sign(id, req)
 }
 
 // JWKS returns the JSON Web Key Set that verifies assertions: the current

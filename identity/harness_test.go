@@ -178,7 +178,7 @@ func (h *harness) front(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sign-in required", http.StatusUnauthorized)
 		return
 	}
-	tok, err := a.Assertion(id, "app", "https://upstream.test", "req-1")
+	tok, err := a.Assertion(id, AssertionRequest{Route: "app", Audience: "https://upstream.test", RequestID: "req-1"})
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/portcullis/portcullis/audit"
+	"github.com/portcullis/portcullis/identity"
 	"github.com/portcullis/portcullis/policy"
 )
 
@@ -117,7 +118,11 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 		if len(x.who.Groups) > 0 {
 			out.Header.Set(HeaderGroups, joinGroups(x.who.Groups))
 		}
-		if tok, err := x.st.Auth.Assertion(x.who, route.Name, route.Audience(), x.id); err == nil {
+		aud := route.Audience()
+		if tok, err := x.st.Auth.Assertion(x.who, identity.AssertionRequest{
+			Route: route.Name, Audience: aud, RequestID: x.id,
+			Method: out.Method, URL: aud + out.URL.EscapedPath(),
+		}); err == nil {
 			out.Header.Set(HeaderAssertion, tok)
 		} else {
 			h.log.Error("signing the identity assertion failed", "request_id", x.id, "err", err)

@@ -43,7 +43,7 @@ type Authenticator interface {
 	// header used to authenticate.
 	StripCredentials(h http.Header)
 	// Assertion signs the identity for one upstream request.
-	Assertion(id *identity.Identity, route, audience, requestID string) (string, error)
+	Assertion(id *identity.Identity, req identity.AssertionRequest) (string, error)
 }
 
 // Evaluator is what the proxy needs from the policy package.

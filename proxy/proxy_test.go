@@ -55,8 +55,8 @@ func (fakeAuth) OwnsPath(p string) bool { return strings.HasPrefix(p, "/.portcul
 func (fakeAuth) StripCredentials(h http.Header) {
 	h.Del("Authorization")
 }
-func (fakeAuth) Assertion(id *identity.Identity, route, audience, requestID string) (string, error) {
-	return "signed." + id.Sub + "." + route + "." + audience, nil
+func (fakeAuth) Assertion(id *identity.Identity, req identity.AssertionRequest) (string, error) {
+	return "signed." + id.Sub + "." + req.Route + "." + req.Audience + "." + req.Method + " " + req.URL, nil
 }
 
 // fakePolicy allows everything except paths under /deny.
@@ -457,8 +457,25 @@ func TestForwardedHeadersFromUntrustedClientsAreReplaced(t *testing.T) {
 	if ev := rec.all()[0]; ev.Request.RemoteAddr != "127.0.0.1" {
 		t.Errorf("audited remote_addr = %q", ev.Request.RemoteAddr)
 	}
-	if got := r.Header.Get("X-Portcullis-Assertion"); !strings.HasSuffix(got, "."+seenOrigin(r)) {
-		t.Errorf("assertion audience = %q, want the upstream origin", got)
+	if got := r.Header.Get("X-Portcullis-Assertion"); !strings.HasSuffix(got, "."+seenOrigin(r)+".GET "+seenOrigin(r)+"/") {
+		t.Errorf("assertion = %q, want the upstream origin as audience, bound to GET and the path", got)
+	}
+	// The assertion names the method and the path exactly as the upstream
+	// receives them (escaped), so that a copy of it serves no other request.
+	req, _ := http.NewRequest("DELETE", ps.URL+"/a%3Fb/c%20d", nil)
+	req.Host = "app.test"
+	req.Header.Set("Authorization", "Test alice")
+	resp, err := ps.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("DELETE /a%%3Fb/c%%20d: %d", resp.StatusCode)
+	}
+	r = seen.last()
+	if got, want := r.Header.Get("X-Portcullis-Assertion"), ".DELETE "+seenOrigin(r)+r.URL.EscapedPath(); r.URL.EscapedPath() != "/a%3Fb/c%20d" || !strings.HasSuffix(got, want) {
+		t.Errorf("upstream path %q, assertion %q, want it to end in %q", r.URL.EscapedPath(), got, want)
 	}
 }
 

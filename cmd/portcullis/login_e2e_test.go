@@ -412,7 +412,8 @@ func e2eVerifyAssertion(t *testing.T, c *http.Client, s *stack, h http.Header, p
 	if life := cl.ExpiresAt.Sub(cl.IssuedAt.Time); life != 60*time.Second {
 		t.Errorf("exp - iat = %s, want assertion.lifetime 60s", life)
 	}
-	// Exactly the claims of SPEC §4.
+	// Exactly the claims of SPEC §4, plus htm and htu (README: the request
+	// the assertion is for).
 	var all map[string]any
 	parts := strings.Split(raw, ".")
 	payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
@@ -426,8 +427,11 @@ func e2eVerifyAssertion(t *testing.T, c *http.Client, s *stack, h http.Header, p
 			}
 		}
 	})
-	if want := []string{"aud", "email", "exp", "groups", "iat", "iss", "jti", "route", "sub"}; !slices.Equal(names, want) {
+	if want := []string{"aud", "email", "exp", "groups", "htm", "htu", "iat", "iss", "jti", "route", "sub"}; !slices.Equal(names, want) {
 		t.Errorf("assertion claims %v, want %v", names, want)
+	}
+	if all["htm"] != "GET" || all["htu"] != upstream+"/docs/page" {
+		t.Errorf("assertion htm %v htu %v, want GET %s/docs/page", all["htm"], all["htu"], upstream)
 	}
 	// The same token for another audience does not verify: the library
 	// really checks what it was told to.

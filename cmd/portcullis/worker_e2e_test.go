@@ -426,6 +426,18 @@ routes:
 			unauthorized(t, req, tc.reason)
 		})
 	}
+	// (4) Portcullis's real assertion, taken from a request the origin
+	// saw, replayed straight to the Worker for another method or path.
+	for _, tc := range []struct{ name, method, path, reason string }{
+		{"another path", http.MethodPost, "/admin/users", "wrong path"},
+		{"another method", http.MethodDelete, "/reports/q3", "wrong method"},
+	} {
+		t.Run("replayed for "+tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, workerURL+tc.path, strings.NewReader("x"))
+			req.Header.Set("X-Portcullis-Assertion", assertion)
+			unauthorized(t, req, tc.reason)
+		})
+	}
 	t.Run("spoofed identity headers alone", func(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, workerURL+"/reports/q3", nil)
 		req.Header.Set("X-Portcullis-User", "alice")

@@ -102,6 +102,8 @@ export function createWorker(deps = {}) {
         normalizeAudience: normalizeOrigin,
         skewMs: cfg.skewMs,
         now,
+        method: request.method,
+        path: state.path,
       });
     } catch (err) {
       if (!(err instanceof AssertionError)) throw err;

@@ -184,6 +184,18 @@ async function importES256(jwk, log) {
   }
 }
 
+/**
+ * A path with equivalent percent-encodings made equal (RFC 3986 §6.2.2):
+ * hex digits upper case, unreserved characters decoded, as an edge that
+ * normalizes URLs may have rewritten them.
+ */
+export function canonicalPath(p) {
+  return p.replace(/%([0-9a-fA-F]{2})/g, (m, hex) => {
+    const c = String.fromCharCode(parseInt(hex, 16));
+    return /[A-Za-z0-9\-._~]/.test(c) ? c : `%${hex.toUpperCase()}`;
+  });
+}
+
 function audienceMatches(aud, expected, normalize) {
   const list = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : null;
   if (!list || list.length === 0 || !list.every((a) => typeof a === 'string')) return false;
@@ -200,11 +212,14 @@ function isStringArray(v) {
  * @param {string|null} token the X-Portcullis-Assertion header value
  * @param {{jwks: JwksCache, issuer: string, audiences: string[],
  *          normalizeAudience: (s: string) => string, skewMs: number,
- *          now: () => number}} opts audiences must already be normalized
+ *          now: () => number, method?: string, path?: string}} opts
+ *          audiences must already be normalized; method and path are the
+ *          request's, checked against the htm and htu claims when the
+ *          assertion has them
  * @returns {Promise<{sub: string, email?: string, groups: string[], route?: string, jti?: string}>}
  * @throws {AssertionError} with a reason for every way the token can fail
  */
-export async function verifyAssertion(token, { jwks, issuer, audiences, normalizeAudience, skewMs, now }) {
+export async function verifyAssertion(token, { jwks, issuer, audiences, normalizeAudience, skewMs, now, method, path }) {
   if (typeof token !== 'string' || token.trim() === '') throw new AssertionError('missing assertion');
   token = token.trim();
   if (token.length > MAX_TOKEN_LENGTH) throw new AssertionError('malformed assertion');
@@ -262,6 +277,20 @@ export async function verifyAssertion(token, { jwks, issuer, audiences, normaliz
   }
   if (claims.groups !== undefined && claims.groups !== null && !isStringArray(claims.groups)) {
     throw new AssertionError('bad groups claim');
+  }
+  // Portcullis binds each assertion to the request it was made for (htm,
+  // htu, as in RFC 9449): a copy serves no other method or path.
+  if (claims.htm !== undefined && (typeof claims.htm !== 'string' || claims.htm !== method)) {
+    throw new AssertionError('wrong method');
+  }
+  if (claims.htu !== undefined) {
+    let want;
+    try {
+      want = new URL(claims.htu).pathname;
+    } catch {
+      throw new AssertionError('wrong path');
+    }
+    if (typeof path !== 'string' || canonicalPath(want) !== canonicalPath(path)) throw new AssertionError('wrong path');
   }
   return {
     sub: claims.sub,

@@ -212,6 +212,12 @@ describe('worker (EXPECTED_AUDIENCE = its own origin, ORIGIN_URL, edge events)',
       { name: 'aud array without us', token: good({ aud: ['https://a.example', 'https://b.example'] }), reason: 'wrong audience' },
       { name: 'no aud', token: good({ aud: undefined }), reason: 'wrong audience' },
       { name: 'no sub', token: good({ sub: null }), reason: 'missing sub' },
+      // Bound to another request (the test sends POST /secret?q=1).
+      { name: 'for another method', token: good({ htm: 'GET', htu: `${worker.url}/secret` }), reason: 'wrong method' },
+      { name: 'for another path', token: good({ htm: 'POST', htu: `${worker.url}/public` }), reason: 'wrong path' },
+      { name: 'for a path prefix', token: good({ htm: 'POST', htu: `${worker.url}/secre` }), reason: 'wrong path' },
+      { name: 'htu not a URL', token: good({ htm: 'POST', htu: '/secret' }), reason: 'wrong path' },
+      { name: 'htm not a string', token: good({ htm: ['POST'] }), reason: 'wrong method' },
       { name: 'groups not strings', token: good({ groups: [1, 2] }), reason: 'bad groups claim' },
       { name: 'CRLF in email', token: good({ email: 'a@b.c\r\nx-portcullis-user: root' }), reason: 'claims not representable as headers' },
     ];
@@ -226,6 +232,12 @@ describe('worker (EXPECTED_AUDIENCE = its own origin, ORIGIN_URL, edge events)',
       assert.ok(resp.headers.get('x-request-id'), `${tc.name}: X-Request-Id missing`);
       assert.equal(origin.state.requests.length, before, `${tc.name}: the origin was contacted`);
     }
+  });
+
+  it('admits an assertion bound to this method and path, whatever the query and equivalent encodings', async () => {
+    const token = good({ htm: 'PUT', htu: `${worker.url}/a%7Eb/~c%2fd` });
+    const resp = await fetch(`${worker.url}/a~b/%7Ec%2Fd?x=1`, { method: 'PUT', headers: { 'x-portcullis-assertion': token }, body: 'x' });
+    assert.equal(resp.status, 200, await resp.text());
   });
 
   it('publishes an edge event per request without the query, with key and token', async () => {
