@@ -32,6 +32,10 @@ func NewTransport() *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: 1 * time.Second,
+		// What the client accepts is the upstream's business: never ask
+		// for gzip on its behalf (and decompress on the way), which would
+		// change what an upstream that varies on Accept-Encoding sends.
+		DisableCompression: true,
 	}
 }
 
@@ -47,7 +51,7 @@ func (h *Handler) newReverseProxy(st *State, route *Route) *httputil.ReverseProx
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			x := exchangeFrom(resp.Request.Context())
-			x.timer.Stop()
+			x.timer.stop()
 			return h.upstreamAnswered(resp, x)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -65,13 +69,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 	out.URL.Host = up.Host
 	// The upstream receives the normalized path the policy saw, below the
 	// upstream URL's own path.
-	base := strings.TrimSuffix(up.Path, "/")
-	out.URL.Path = base + x.target.Path
-	if x.target.RawPath != x.target.Path {
-		out.URL.RawPath = strings.TrimSuffix(up.EscapedPath(), "/") + x.target.RawPath
-	} else {
-		out.URL.RawPath = ""
-	}
+	// RawPath always: left to itself, url.URL re-escapes the path in its
+	// own way ("(", "'", "*", "!" become %28...), and drops the escapes of
+	// a base path such as /projects/group%2Fproj when the request's path
+	// has none.
+	out.URL.Path = strings.TrimSuffix(up.Path, "/") + x.target.Path
+	out.URL.RawPath = strings.TrimSuffix(up.EscapedPath(), "/") + x.target.RawPath
 	out.URL.RawQuery = x.target.RawQuery
 	if route.PassHostHeader {
 		out.Host = pr.In.Host
@@ -94,8 +97,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 		// Bodies stream: a malformed one (a bad chunk size, a framing
 		// trick) shows only once forwarding has begun. Remember why it
 		// failed, to answer 400 rather than blame the upstream.
-		x.body = &watchedBody{ReadCloser: out.Body}
+		x.body = &watchedBody{ReadCloser: out.Body, progress: x.timer.touch}
 		out.Body = x.body
+		// The request's trailers are known once its body has been read:
+		// share the map the server fills in (ReverseProxy sends a copy
+		// made before, which stays empty).
+		out.Trailer = pr.In.Trailer
 	}
 
 	// X-Forwarded-*: appended to a trusted proxy's values, else fresh.
@@ -139,11 +146,16 @@ func (h *Handler) upstreamAnswered(resp *http.Response, x *exchange) error {
 	streaming := resp.StatusCode == http.StatusSwitchingProtocols ||
 		strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") ||
 		resp.ContentLength < 0
-	if streaming {
-		_ = x.rc.SetWriteDeadline(time.Time{})
-	} else {
-		_ = x.rc.SetWriteDeadline(h.clock.Now().Add(x.st.Server.WriteTimeout))
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if c, ok := resp.Body.(io.ReadWriteCloser); ok {
+			// ReverseProxy half-closes the upstream when the client's side
+			// ends and then waits for the upstream to close: one that does
+			// not would keep the tunnel, its goroutines and descriptors
+			// for ever. Without CloseWrite it closes both at once.
+			resp.Body = tunnelConn{c}
+		}
 	}
+	x.streaming = streaming
 	// Never let an upstream set Portcullis's own identity headers on the
 	// response, nor the headers Portcullis already set on it (the request
 	// id, HSTS): the reverse proxy adds the upstream's values to ours.
@@ -204,7 +216,11 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 		h.finish(r, x, status, audit.DecisionAllow)
 		return
 	}
-	writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: pageMessage(status), Reason: reason, RequestID: x.id, Error: "bad_gateway"})
+	code := "bad_gateway"
+	if status == http.StatusGatewayTimeout {
+		code = "gateway_timeout"
+	}
+	writePage(w, r, page{Status: status, Title: http.StatusText(status), Message: pageMessage(status), Reason: reason, RequestID: x.id, Error: code})
 	h.finish(r, x, status, audit.DecisionAllow)
 }
 
@@ -213,12 +229,18 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 // goroutine; failed is read after the round trip has ended.
 type watchedBody struct {
 	io.ReadCloser
-	mu  sync.Mutex
-	err error
+	// progress is called whenever the upstream takes more of the body,
+	// and at its end.
+	progress func()
+	mu       sync.Mutex
+	err      error
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 || err == io.EOF {
+		b.progress()
+	}
 	if err != nil && err != io.EOF {
 		b.mu.Lock()
 		if b.err == nil {

@@ -113,6 +113,13 @@ func (u *upstreamSeen) last() *http.Request {
 // (HTTPS with HTTP/2, self-made cert) in front of it.
 func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen, *memRecorder, *Handler) {
 	t.Helper()
+	return newTestProxyWith(t, routes, nil)
+}
+
+// newTestProxyWith is newTestProxy with the server settings changed by
+// server (nil: the defaults).
+func newTestProxyWith(t *testing.T, routes []Route, server func(*ServerConfig)) (*httptest.Server, *upstreamSeen, *memRecorder, *Handler) {
+	t.Helper()
 	seen := &upstreamSeen{}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen.mu.Lock()
@@ -143,6 +150,9 @@ func newTestProxy(t *testing.T, routes []Route) (*httptest.Server, *upstreamSeen
 	rec := &memRecorder{}
 	var srvCfg ServerConfig
 	srvCfg.SetDefaults()
+	if server != nil {
+		server(&srvCfg)
+	}
 	h, err := NewHandler(&State{Routes: routes, Server: srvCfg, Auth: fakeAuth{}, Policy: fakePolicy{}, ExternalHost: "auth.test"},
 		Options{Logger: slog.New(slog.DiscardHandler), Audit: rec})
 	if err != nil {

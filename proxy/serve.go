@@ -32,13 +32,16 @@ type exchange struct {
 	rc *http.ResponseController
 	// timer cancels the upstream request when the route timeout passes
 	// before response headers arrive.
-	timer    *time.Timer
+	timer    *routeTimer
 	recorded bool
 	// own is set for Portcullis's own endpoints, which no policy decides.
 	own bool
 	// body watches the client's request body on its way upstream; nil
 	// when the request has none.
 	body *watchedBody
+	// streaming: the upstream's response is an event stream, has no
+	// length or switched protocols; its writes have no write deadline.
+	streaming bool
 }
 
 type exchangeKey struct{}
@@ -171,11 +174,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), exchangeKey{}, x))
 	defer cancel(nil)
 	// The route timeout bounds the wait for the upstream's response
-	// headers; bodies (downloads, SSE, WebSockets) then stream freely.
-	x.timer = time.AfterFunc(x.route.Timeout, func() { cancel(errUpstreamTimeout) })
-	defer x.timer.Stop()
+	// headers once the request body has been sent, and, while it is being
+	// sent, each wait for the upstream to take more of it (an upload may
+	// take longer than the timeout; an upstream that stops reading may
+	// not); bodies (downloads, SSE, WebSockets) then stream freely.
+	x.timer = newRouteTimer(x.route.Timeout, func() { cancel(errUpstreamTimeout) })
+	defer x.timer.stop()
 	x.upStart = h.clock.Now()
-	rp.ServeHTTP(w, r.WithContext(ctx))
+	// Uploads are not bounded by write_timeout (an HTTP/2 stream's write
+	// deadline also ends its request body); the response's writes are,
+	// each one from when it starts (see proxyWriter).
+	_ = x.rc.SetWriteDeadline(time.Time{})
+	rp.ServeHTTP(newProxyWriter(w, x), r.WithContext(ctx))
 }
 
 // noRouteReason is what a 404 tells the client, whether no route matched or

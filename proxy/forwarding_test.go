@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// forwardingUpstream answers by path: /upload hashes the body it reads;
+// /stall never reads the body nor answers (until the test ends);
+// /slow-download sends n bytes with a Content-Length in pieces over d;
+// /early sends a 103 with a hop-by-hop field and an identity header first;
+// /untyped has no Content-Type; /trailer echoes the request's trailers;
+// anything else echoes the request target and Accept-Encoding.
+func forwardingUpstream(t *testing.T) *httptest.Server {
+	t.Helper()
+	done := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/upload":
+			h := sha256.New()
+			n, _ := io.Copy(h, r.Body)
+			fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
+		case "/stall":
+			select {
+			case <-done:
+			case <-r.Context().Done():
+			}
+		case "/slow-download":
+			const pieces, size = 20, 32 << 10
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", fmt.Sprint(pieces*size))
+			for range pieces {
+				w.Write(make([]byte, size))
+				w.(http.Flusher).Flush()
+				time.Sleep(30 * time.Millisecond)
+			}
+		case "/early":
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.Header().Set("Keep-Alive", "timeout=5")
+			w.Header().Set("Connection", "X-Hop")
+			w.Header().Set("X-Hop", "secret")
+			w.Header().Set("X-Portcullis-User", "upstream-spoof")
+			w.WriteHeader(http.StatusEarlyHints)
+			for _, k := range []string{"Link", "Keep-Alive", "Connection", "X-Hop", "X-Portcullis-User"} {
+				w.Header().Del(k)
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, "final")
+		case "/untyped":
+			w.Header()["Content-Type"] = nil
+			io.WriteString(w, "<html><body>x</body></html>")
+		case "/trailer":
+			io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "X-Sum=%s", r.Trailer.Get("X-Sum"))
+		default:
+			fmt.Fprintf(w, "uri=%s accept-encoding=%q", r.RequestURI, r.Header.Get("Accept-Encoding"))
+		}
+	}))
+	t.Cleanup(func() { close(done); up.Close() })
+	return up
+}
+
+// h1Client speaks HTTP/1.1 to the test proxy (ps.Client() would pick
+// HTTP/2).
+func h1Client(ps *httptest.Server) *http.Client {
+	tr := ps.Client().Transport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	return &http.Client{Timeout: 20 * time.Second, Transport: tr}
+}
+
+// h2Client speaks HTTP/2 to the test proxy.
+func h2Client(ps *httptest.Server) *http.Client {
+	return &http.Client{Timeout: 20 * time.Second, Transport: &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+}
+
+// slowBody yields n bytes in pieces, one every gap.
+type slowBody struct {
+	left, piece int
+	gap         time.Duration
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(b.gap)
+	n := min(b.left, b.piece, len(p))
+	clear(p[:n])
+	b.left -= n
+	return n, nil
+}
+
+// TestUploadsOutlastTheRouteTimeout: the route timeout bounds the wait for
+// the upstream's answer after the body has been sent, and each wait for
+// the upstream to take more of it, not the upload itself; nor does
+// write_timeout, over HTTP/2, where a write deadline also ends the
+// request's body.
+func TestUploadsOutlastTheRouteTimeout(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxyWith(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true, Timeout: 700 * time.Millisecond}},
+		func(c *ServerConfig) { c.WriteTimeout = 700 * time.Millisecond })
+	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
+		t.Run(name, func(t *testing.T) {
+			// 2.4 s of upload, over three times the route timeout.
+			req, _ := http.NewRequest(http.MethodPost, ps.URL+"/upload", &slowBody{left: 24 << 10, piece: 1 << 10, gap: 100 * time.Millisecond})
+			req.Host = "app.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.HasPrefix(string(body), fmt.Sprint(24<<10, " ")) {
+				t.Errorf("slow upload: %d %s, want 200 with all %d bytes", resp.StatusCode, body, 24<<10)
+			}
+		})
+	}
+	// An upstream that takes nothing of the body and never answers still
+	// times out.
+	req, _ := http.NewRequest(http.MethodPost, ps.URL+"/stall", strings.NewReader(strings.Repeat("x", 4<<20)))
+	req.Host = "app.test"
+	start := time.Now()
+	resp, err := h1Client(ps).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(string(body), "gateway_timeout") {
+		t.Errorf("stalled upstream: %d %s, want 504 gateway_timeout", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("stalled upstream answered after %s", d)
+	}
+}
+
+// TestDownloadsOutlastTheWriteTimeout: write_timeout bounds each write,
+// not a whole download with a Content-Length.
+func TestDownloadsOutlastTheWriteTimeout(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxyWith(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}},
+		func(c *ServerConfig) { c.WriteTimeout = 300 * time.Millisecond })
+	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, ps.URL+"/slow-download", nil)
+			req.Host = "app.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != 20*32<<10 {
+				t.Errorf("600 ms download with a 300 ms write_timeout: %d bytes, %v; want %d", n, err, 20*32<<10)
+			}
+		})
+	}
+}
+
+// TestInterimResponsesAreCleaned: a 103 reaches the client without
+// hop-by-hop fields (fatal in HTTP/2) or identity headers, and the final
+// response still carries X-Request-Id; a response without a Content-Type
+// gets none.
+func TestInterimResponsesAreCleaned(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}})
+	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
+		t.Run(name, func(t *testing.T) {
+			var mu sync.Mutex
+			var interim []textproto.MIMEHeader
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				mu.Lock()
+				interim = append(interim, h)
+				mu.Unlock()
+				return nil
+			}}
+			req, _ := http.NewRequest(http.MethodGet, ps.URL+"/early", nil)
+			req.Host = "app.test"
+			req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("request with a 103 on the way: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "final" || resp.Header.Get("X-Request-Id") == "" {
+				t.Errorf("final response %d %q, X-Request-Id %q", resp.StatusCode, body, resp.Header.Get("X-Request-Id"))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(interim) != 1 {
+				t.Fatalf("%d interim responses, want 1", len(interim))
+			}
+			h := interim[0]
+			if h.Get("Link") == "" || h.Get("X-Request-Id") != resp.Header.Get("X-Request-Id") {
+				t.Errorf("103 lost its Link or X-Request-Id: %v", h)
+			}
+			for _, k := range []string{"Keep-Alive", "Connection", "X-Hop", "X-Portcullis-User"} {
+				if v := h.Get(k); v != "" {
+					t.Errorf("103 carries %s: %q", k, v)
+				}
+			}
+			req, _ = http.NewRequest(http.MethodGet, ps.URL+"/untyped", nil)
+			req.Host = "app.test"
+			resp, err = c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if ct, ok := resp.Header["Content-Type"]; ok {
+				t.Errorf("Content-Type %q invented for an untyped response", ct)
+			}
+		})
+	}
+}
+
+// TestRequestTargetsReachTheUpstreamAsSent: sub-delimiters stay raw, the
+// escapes of a base path stay escaped, Accept-Encoding is the client's,
+// request trailers arrive.
+func TestRequestTargetsReachTheUpstreamAsSent(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxy(t, []Route{
+		{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true},
+		{Name: "based", Host: "based.test", Path: "/", Upstream: up.URL + "/api/group%2Fproj%40x/", Public: true},
+	})
+	for _, tc := range []struct{ host, target, want string }{
+		{"app.test", "/wiki/Foo_(bar)/it's/*/!x$&+,=:@?q=1", "uri=/wiki/Foo_(bar)/it's/*/!x$&+,=:@?q=1"},
+		{"based.test", "/x", "uri=/api/group%2Fproj%40x/x"},
+		{"based.test", "/a%3Fb", "uri=/api/group%2Fproj%40x/a%3Fb"},
+	} {
+		_, body := do(t, ps, "GET", tc.host, tc.target, http.Header{"Accept-Encoding": {"identity"}})
+		if !strings.HasPrefix(body, tc.want+" ") {
+			t.Errorf("%s%s reached the upstream as %s, want %s", tc.host, tc.target, body, tc.want)
+		}
+	}
+	if _, body := do(t, ps, "GET", "app.test", "/plain", nil); !strings.HasSuffix(body, `accept-encoding=""`) {
+		t.Errorf("upstream saw %s, want no Accept-Encoding the client did not send", body)
+	}
+
+	conn := dialHTTP1(t, ps, 10*time.Second)
+	defer conn.Close()
+	io.WriteString(conn, "POST /trailer HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Sum: abc\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "X-Sum=abc" {
+		t.Errorf("upstream saw trailers %q, want X-Sum=abc", body)
+	}
+}
+
+// TestTunnelEndsWithTheClient: when the client leaves a WebSocket tunnel,
+// the tunnel ends even if the upstream keeps its side open.
+func TestTunnelEndsWithTheClient(t *testing.T) {
+	upstreamSawEOF := make(chan struct{})
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(io.Discard, brw)
+		close(upstreamSawEOF)
+		<-release // an upstream that never closes its side
+	}))
+	defer up.Close()
+	defer close(release)
+	ps, _, _, h := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}})
+	conn := dialHTTP1(t, ps, 10*time.Second)
+	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	conn.Close()
+	select {
+	case <-upstreamSawEOF:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream never saw the client leave")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.active.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the tunnel is still open (%d active) after the client left", h.active.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
