@@ -186,6 +186,10 @@ func (a *Authenticator) StripCredentials(h http.Header) {
 	}
 }
 
+// OwnsCookie reports whether a cookie of that name is Portcullis's (the
+// session, login state): the proxy keeps upstreams from setting one.
+func (a *Authenticator) OwnsCookie(name string) bool { return a.ownCookie(name) }
+
 func (a *Authenticator) ownCookie(name string) bool {
 	n := a.cfg.Session.CookieName
 	return name == n || strings.HasPrefix(name, n+loginCookieInfix)

@@ -165,6 +165,21 @@ func (h *Handler) upstreamAnswered(resp *http.Response, x *exchange) error {
 		}
 	}
 	resp.Header.Del(HeaderRequestID)
+	// Nor replace (or clear) the session cookie: that is Portcullis's.
+	if cs := resp.Header["Set-Cookie"]; len(cs) > 0 {
+		kept := cs[:0:0]
+		for _, c := range cs {
+			name, _, _ := strings.Cut(c, "=")
+			if !x.st.Auth.OwnsCookie(strings.TrimSpace(name)) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			delete(resp.Header, "Set-Cookie")
+		} else {
+			resp.Header["Set-Cookie"] = kept
+		}
+	}
 	if x.st.HSTS != "" {
 		resp.Header.Del("Strict-Transport-Security")
 	}

@@ -63,6 +63,9 @@ func forwardingUpstream(t *testing.T) *httptest.Server {
 		case "/untyped":
 			w.Header()["Content-Type"] = nil
 			io.WriteString(w, "<html><body>x</body></html>")
+		case "/cookies":
+			http.SetCookie(w, &http.Cookie{Name: "_portcullis", Value: "upstream-chose-this", Path: "/"})
+			http.SetCookie(w, &http.Cookie{Name: "theme", Value: "dark", Path: "/"})
 		case "/trailer":
 			io.Copy(io.Discard, r.Body)
 			fmt.Fprintf(w, "X-Sum=%s", r.Trailer.Get("X-Sum"))
@@ -306,5 +309,16 @@ func TestTunnelEndsWithTheClient(t *testing.T) {
 			t.Fatalf("the tunnel is still open (%d active) after the client left", h.active.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUpstreamCannotSetTheSessionCookie: an upstream's Set-Cookie for
+// Portcullis's own cookie never reaches the client; its others do.
+func TestUpstreamCannotSetTheSessionCookie(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}})
+	resp, _ := do(t, ps, "GET", "app.test", "/cookies", nil)
+	if got := resp.Header.Values("Set-Cookie"); len(got) != 1 || !strings.HasPrefix(got[0], "theme=dark") {
+		t.Errorf("Set-Cookie = %q, want only theme=dark", got)
 	}
 }

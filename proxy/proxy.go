@@ -44,6 +44,8 @@ type Authenticator interface {
 	StripCredentials(h http.Header)
 	// Assertion signs the identity for one upstream request.
 	Assertion(id *identity.Identity, req identity.AssertionRequest) (string, error)
+	// OwnsCookie reports whether a cookie name is Portcullis's own.
+	OwnsCookie(name string) bool
 }
 
 // Evaluator is what the proxy needs from the policy package.

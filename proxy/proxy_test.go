@@ -55,6 +55,7 @@ func (fakeAuth) OwnsPath(p string) bool { return strings.HasPrefix(p, "/.portcul
 func (fakeAuth) StripCredentials(h http.Header) {
 	h.Del("Authorization")
 }
+func (fakeAuth) OwnsCookie(name string) bool { return name == "_portcullis" }
 func (fakeAuth) Assertion(id *identity.Identity, req identity.AssertionRequest) (string, error) {
 	return "signed." + id.Sub + "." + req.Route + "." + req.Audience + "." + req.Method + " " + req.URL, nil
 }
