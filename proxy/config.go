@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -61,9 +63,15 @@ type Route struct {
 	// is reached under another name than the one the verifier expects, for
 	// example a Worker whose public origin differs from its address here.
 	AssertionAudience string `yaml:"assertion_audience"`
+	// TLSCAFile names a PEM file of CA certificates trusted, besides the
+	// system's, for an https upstream's certificate (an extension: a
+	// private CA inside the network).
+	TLSCAFile string `yaml:"tls_ca_file"`
 
 	// UpstreamURL is Upstream parsed by Validate.
 	UpstreamURL *url.URL `yaml:"-"`
+	// rootCAs is the pool TLSCAFile gives, set by Validate.
+	rootCAs *x509.CertPool
 }
 
 // Origin is scheme://host[:port] of the upstream: the default audience of
@@ -221,6 +229,17 @@ func ValidateRoutes(p *confkit.Problems, path string, routes []Route) {
 		if r.AssertionAudience != "" {
 			confkit.ParseURL(p, confkit.Join(rp, "assertion_audience"), r.AssertionAudience, true, "https", "http")
 		}
+		if r.TLSCAFile != "" {
+			pool, err := loadRootCAs(r.TLSCAFile)
+			switch {
+			case err != nil:
+				p.Add(confkit.Join(rp, "tls_ca_file"), "%v", err)
+			case r.UpstreamURL != nil && r.UpstreamURL.Scheme != "https":
+				p.Add(confkit.Join(rp, "tls_ca_file"), "is for an https upstream; %s is %s", confkit.Join(rp, "upstream"), r.UpstreamURL.Scheme)
+			default:
+				r.rootCAs = pool
+			}
+		}
 		key := r.Host + " " + r.Path
 		if j, dup := keys[key]; dup && r.Host != "" {
 			p.Add(confkit.Join(rp, "path"), "host %q and path %q are already routed by %s", r.Host, r.Path, confkit.Index(path, j))
@@ -273,4 +292,21 @@ func validHostname(s string) bool {
 		}
 	}
 	return true
+}
+
+// loadRootCAs returns the system's CA pool plus the certificates of the PEM
+// file at path.
+func loadRootCAs(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot be read: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }

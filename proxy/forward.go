@@ -39,9 +39,9 @@ func NewTransport() *http.Transport {
 	}
 }
 
-func (h *Handler) newReverseProxy(st *State, route *Route) *httputil.ReverseProxy {
+func (h *Handler) newReverseProxy(route *Route, transport http.RoundTripper) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Transport: st.Transport,
+		Transport: transport,
 		// Flush SSE and unknown-length bodies as they arrive (ReverseProxy
 		// already does for text/event-stream); buffered otherwise.
 		FlushInterval: 50 * time.Millisecond,

@@ -5,18 +5,23 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/portcullis/portcullis/internal/confkit"
 )
 
 // forwardingUpstream answers by path: /upload hashes the body it reads;
@@ -320,5 +325,46 @@ func TestUpstreamCannotSetTheSessionCookie(t *testing.T) {
 	resp, _ := do(t, ps, "GET", "app.test", "/cookies", nil)
 	if got := resp.Header.Values("Set-Cookie"); len(got) != 1 || !strings.HasPrefix(got[0], "theme=dark") {
 		t.Errorf("Set-Cookie = %q, want only theme=dark", got)
+	}
+}
+
+// TestUpstreamTrustsRouteCA: routes[].tls_ca_file makes an https upstream
+// with a private CA reachable; without it, the upstream's certificate is
+// refused (502).
+func TestUpstreamTrustsRouteCA(t *testing.T) {
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "private") }))
+	defer up.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ps, _, _, _ := newTestProxy(t, []Route{
+		{Name: "trusting", Host: "trusting.test", Path: "/", Upstream: up.URL, Public: true, TLSCAFile: caFile},
+		{Name: "plain", Host: "plain.test", Path: "/", Upstream: up.URL, Public: true},
+	})
+	if resp, body := do(t, ps, "GET", "trusting.test", "/", nil); resp.StatusCode != 200 || body != "private" {
+		t.Errorf("upstream with its CA trusted: %d %q", resp.StatusCode, body)
+	}
+	if resp, _ := do(t, ps, "GET", "plain.test", "/", nil); resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("upstream with an unknown CA: %d, want 502", resp.StatusCode)
+	}
+
+	notPEM := filepath.Join(t.TempDir(), "x.pem")
+	os.WriteFile(notPEM, []byte("not a certificate"), 0o600)
+	routes := []Route{
+		{Name: "a", Host: "a.test", Path: "/", Upstream: "https://u.test", Policy: "portcullis.routes.a", TLSCAFile: filepath.Join(t.TempDir(), "missing.pem")},
+		{Name: "b", Host: "b.test", Path: "/", Upstream: "https://u.test", Policy: "portcullis.routes.a", TLSCAFile: notPEM},
+		{Name: "c", Host: "c.test", Path: "/", Upstream: "http://u.test", Policy: "portcullis.routes.a", TLSCAFile: caFile},
+	}
+	for i := range routes {
+		routes[i].SetDefaults()
+	}
+	var p confkit.Problems
+	ValidateRoutes(&p, "routes", routes)
+	got := fmt.Sprint(p.List())
+	for _, want := range []string{"routes[0].tls_ca_file: cannot be read", "routes[1].tls_ca_file: " + notPEM + " holds no PEM certificate", "routes[2].tls_ca_file: is for an https upstream"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("problems %s lack %q", got, want)
+		}
 	}
 }

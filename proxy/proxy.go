@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -166,7 +167,14 @@ func (h *Handler) Swap(st *State) error {
 	st.proxies = make(map[*Route]*httputil.ReverseProxy, len(st.Routes))
 	for i := range st.Routes {
 		r := &st.Routes[i]
-		st.proxies[r] = h.newReverseProxy(st, r)
+		tr := st.Transport
+		if r.rootCAs != nil {
+			// Its own pool of connections, trusting its CAs.
+			t := NewTransport()
+			t.TLSClientConfig = &tls.Config{RootCAs: r.rootCAs, MinVersion: tls.VersionTLS12}
+			tr = t
+		}
+		st.proxies[r] = h.newReverseProxy(r, tr)
 	}
 	h.state.Store(st)
 	return nil
