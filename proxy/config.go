@@ -72,6 +72,8 @@ type Route struct {
 	UpstreamURL *url.URL `yaml:"-"`
 	// rootCAs is the pool TLSCAFile gives, set by Validate.
 	rootCAs *x509.CertPool
+	// h2c: Upstream is h2c://, spoken to in HTTP/2 without TLS.
+	h2c bool
 }
 
 // Origin is scheme://host[:port] of the upstream: the default audience of
@@ -221,7 +223,12 @@ func ValidateRoutes(p *confkit.Problems, path string, routes []Route) {
 		} else if np, err := NormalizePath(r.Path); err != nil || np != r.Path {
 			p.Add(confkit.Join(rp, "path"), "must be a normalized path prefix such as /app/ (got %q)", r.Path)
 		}
-		if u := confkit.ParseURL(p, confkit.Join(rp, "upstream"), r.Upstream, false, "http", "https"); u != nil {
+		if u := confkit.ParseURL(p, confkit.Join(rp, "upstream"), r.Upstream, false, "http", "https", "h2c"); u != nil {
+			if u.Scheme == "h2c" {
+				// HTTP/2 without TLS (prior knowledge): gRPC servers inside
+				// the network. The upstream's origin is http://.
+				u.Scheme, r.h2c = "http", true
+			}
 			r.UpstreamURL = u
 		}
 		policy.ValidatePackage(p, confkit.Join(rp, "policy"), r.Policy)

@@ -368,3 +368,32 @@ func TestUpstreamTrustsRouteCA(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CUpstream: an h2c:// upstream (a gRPC server without TLS) is
+// spoken to in HTTP/2, and its response trailers reach the client.
+func TestH2CUpstream(t *testing.T) {
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Header().Set("Content-Type", "application/grpc")
+		fmt.Fprintf(w, "HTTP/%d", r.ProtoMajor)
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	up.Config.Protocols = new(http.Protocols)
+	up.Config.Protocols.SetUnencryptedHTTP2(true)
+	up.Start()
+	defer up.Close()
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "grpc", Host: "grpc.test", Path: "/", Upstream: "h2c://" + up.Listener.Addr().String(), Public: true}})
+	req, _ := http.NewRequest(http.MethodPost, ps.URL+"/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Host = "grpc.test"
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := h2Client(ps).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "HTTP/2" || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("h2c upstream: %d %q trailer %v, want 200 HTTP/2 with Grpc-Status 0", resp.StatusCode, body, resp.Trailer)
+	}
+}

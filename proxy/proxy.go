@@ -168,10 +168,16 @@ func (h *Handler) Swap(st *State) error {
 	for i := range st.Routes {
 		r := &st.Routes[i]
 		tr := st.Transport
-		if r.rootCAs != nil {
+		switch {
+		case r.rootCAs != nil:
 			// Its own pool of connections, trusting its CAs.
 			t := NewTransport()
 			t.TLSClientConfig = &tls.Config{RootCAs: r.rootCAs, MinVersion: tls.VersionTLS12}
+			tr = t
+		case r.h2c:
+			t := NewTransport()
+			t.Protocols = new(http.Protocols)
+			t.Protocols.SetUnencryptedHTTP2(true)
 			tr = t
 		}
 		st.proxies[r] = h.newReverseProxy(r, tr)
