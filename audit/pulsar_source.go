@@ -21,14 +21,14 @@ import (
 // margin), and events published late (after an outage) are still found.
 // Filter.Until cannot end a read early for the same reason.
 //
-// The seek is made by a throwaway reader with a receive queue of one, and
-// the read itself starts at the message id it found. pulsar-client-go
-// (v0.19) loses messages when a reader seeks by time while messages it
-// fetched before the seek are still arriving: its start position becomes
-// the one before the first of them and everything up to there is discarded
-// ("receive N messages, all filtered"). With a queue of one that message is
-// the topic's first, so nothing is discarded, and the real read never
-// seeks.
+// The seek is made by a throwaway reader with a receive queue of one that
+// starts at the end of the topic, and the read itself starts at the message
+// id it found. pulsar-client-go (v0.19) loses messages when a reader seeks
+// by time while messages it fetched before the seek are still arriving: its
+// start position becomes the one before the first of them and everything up
+// to there is discarded ("receive N messages, all filtered"). A reader at
+// the end has fetched nothing, so nothing is discarded, and the real read
+// never seeks.
 type PulsarSource struct {
 	opts    PulsarOptions
 	topic   string
@@ -190,7 +190,13 @@ func (s *PulsarSource) firstPublishedAt(ctx context.Context, t time.Time) (pulsa
 }
 
 func (s *PulsarSource) seekOnce(ctx context.Context, t time.Time) (pulsar.MessageID, error) {
-	r, err := s.newReader(ctx, pulsar.EarliestMessageID(), false, 1)
+	// The reader starts at the end of the topic, so that nothing is in its
+	// queue when it seeks: the only messages Next returns are those the
+	// broker sends after the reconnect the seek causes. A message fetched
+	// before (from the earliest position) and dequeued while the client
+	// reconnects races, in pulsar-client-go v0.19, with the reconnect's
+	// look at the last dequeued message (seen by the race detector in CI).
+	r, err := s.newReader(ctx, pulsar.LatestMessageID(), false, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -203,8 +209,8 @@ func (s *PulsarSource) seekOnce(ctx context.Context, t time.Time) (pulsar.Messag
 		if err != nil {
 			return nil, fmt.Errorf("audit: pulsar: seek %s: %w", s.topic, err)
 		}
-		// The topic's first message, fetched before the seek, may still
-		// arrive after it.
+		// A message published while the reader was being created may still
+		// arrive before the seek's.
 		if !msg.PublishTime().Before(t) {
 			return msg.ID(), nil
 		}
