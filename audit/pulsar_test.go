@@ -222,8 +222,13 @@ func TestPulsarSinkPublishesEvents(t *testing.T) {
 	cfg := PulsarConfig{URL: brokerURL, Topic: topic}
 	s := newTestPulsarSink(t, cfg, pulsarTestOptions(t, "portcullis-a1"))
 	defer s.Close()
-	if st := s.Status(); !st.Live {
-		t.Fatalf("Status() after connecting = %+v, want live", st)
+	// NewPulsarSink returns after its first attempt to create a producer;
+	// a broker still loading a topic just created can refuse that one,
+	// and the sink keeps trying.
+	for deadline := time.Now().Add(30 * time.Second); !s.Status().Live; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Status() 30s after connecting = %+v, want live", s.Status())
+		}
 	}
 	start := time.Date(2026, 11, 26, 17, 0, 0, 123456000, time.UTC)
 	evs := pulsarTestEvents("portcullis-a1", 1, 12, start, 1500*time.Microsecond)
