@@ -19,6 +19,12 @@ export PULSAR_BOOKIE_PORT="${PULSAR_BOOKIE_PORT:-13181}"
 export PULSAR_TEST_MODE="${PULSAR_TEST_MODE:-1}"
 export PULSAR_TOPIC="${PULSAR_TOPIC:-persistent://public/default/portcullis-audit}"
 export PULSAR_REST_TOPICS="${PULSAR_REST_TOPICS:-persistent://public/default/portcullis-edge}"
+# CI's own working directory, never the one deploy/pulsar/pulsar-standalone.sh
+# uses by default (run-PORT): start below empties its data, and stop stops
+# the broker of its pid file, which must never be a user's broker and trail.
+# A user's broker already answering on the test ports is used as it is
+# (the tests make topics of their own) and left running.
+export PULSAR_RUN_DIR="${PULSAR_RUN_DIR:-${PULSAR_HOME:-$HOME/.cache/portcullis-pulsar}/ci-run-$PULSAR_BROKER_PORT}"
 
 case "${1:-}" in
   start)
@@ -27,8 +33,7 @@ case "${1:-}" in
     # registration that keeps a restarted broker "healthy" but unable to
     # store anything.
     if ! "$SCRIPT" status >/dev/null 2>&1; then
-      run_dir="${PULSAR_RUN_DIR:-${PULSAR_HOME:-$HOME/.cache/portcullis-pulsar}/run-$PULSAR_BROKER_PORT}"
-      rm -rf "$run_dir/data" "$run_dir/pulsar.log" "$run_dir"/pulsar.log.*
+      rm -rf "$PULSAR_RUN_DIR/data" "$PULSAR_RUN_DIR/pulsar.log" "$PULSAR_RUN_DIR"/pulsar.log.*
     fi
     if ! "$SCRIPT" start; then
       log="$("$SCRIPT" log-path)"

@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // runHelp is `help [COMMAND [SUBCOMMAND]]`: the top-level help, or what
 // `COMMAND [SUBCOMMAND] --help` prints, on stdout.
 func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || len(args) == 1 && args[0] == "help" {
+	if len(args) == 0 || len(args) == 1 && (args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
 		fmt.Fprint(stdout, usageText)
 		return exitOK
 	}

@@ -114,3 +114,13 @@ func TestErrorsAreOneLine(t *testing.T) {
 		t.Errorf("oneLine = %q, want %q", got, want)
 	}
 }
+
+// `help --help` is help about help: the top-level usage, exit 0.
+func TestHelpHelp(t *testing.T) {
+	for _, args := range [][]string{{"help", "--help"}, {"help", "-h"}, {"help", "help"}} {
+		code, stdout, _ := runT(t, args...)
+		if code != exitOK || !strings.Contains(stdout, "identity-aware reverse proxy") {
+			t.Errorf("%v: exit %d, stdout %q; want 0 and the usage", args, code, stdout)
+		}
+	}
+}
