@@ -46,6 +46,12 @@ type Decision struct {
 	// proxy owns are refused: see refusedHeader. A remembered decision
 	// shares its map with the cache: read it, never modify it.
 	Headers map[string]string
+	// Controls are the header names (canonical) the package's headers rule
+	// can set, as far as they are literal in it (headers["X-Role"] := ...,
+	// headers := {"X-Role": ...}), whether or not this decision sets them:
+	// the proxy removes every client copy of them, so that an upstream
+	// that trusts them only ever sees the policy's value. Shared: read only.
+	Controls []string
 	// Outcome is OutcomeAllow, OutcomeDeny or OutcomeError.
 	Outcome string
 	// Err is why the decision is an error (nil otherwise); test it with
@@ -86,6 +92,9 @@ func (s *Set) Eval(ctx context.Context, pkg string, in *Input) (d Decision) {
 		}
 	}()
 	q, err := s.prepared(ctx, pkg)
+	if err == nil {
+		defer func() { d.Controls = q.controls }()
+	}
 	if err != nil {
 		if errors.Is(err, ErrPackageNotFound) {
 			return errorDecision(pkg, s.revision, err,

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,41 @@ func TestEngineBeforeLoadDenies(t *testing.T) {
 	d := e.Eval(context.Background(), "data.portcullis.routes.demo", input(bob, "GET", "/"))
 	if d.Allow || d.Outcome != OutcomeError || !errors.Is(d.Err, ErrNotLoaded) || d.Package != "portcullis.routes.demo" {
 		t.Errorf("got %+v, want an error decision with ErrNotLoaded for portcullis.routes.demo", d)
+	}
+}
+
+// TestDecisionControls: a decision names the headers its package can set
+// literally, whether or not it sets them, so the proxy can remove client
+// copies; also when remembered.
+func TestDecisionControls(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"ref.rego": `package c.ref
+default allow := true
+headers["x-role"] := "admin" if input.user.sub == "alice"
+headers["X-Tenant"] := "acme"
+headers[k] := "v" if { some k in ["X-Dyn"]; input.user.sub == "nobody" }
+`,
+		"obj.rego": `package c.obj
+default allow := true
+headers := {"X-One": "1", "x-two": input.user.sub}
+`,
+		"none.rego": `package c.none
+default allow := true
+`,
+	})
+	s := mustLoad(t, dir, LoadOptions{DecisionCache: 10})
+	bob := userSpec{sub: "bob"}
+	for pkg, want := range map[string][]string{
+		"c.ref":  {"X-Role", "X-Tenant"},
+		"c.obj":  {"X-One", "X-Two"},
+		"c.none": nil,
+	} {
+		for range 2 { // evaluated, then remembered
+			d := s.Eval(context.Background(), pkg, input(bob, "GET", "/"))
+			if !slices.Equal(d.Controls, want) {
+				t.Errorf("%s (cached %v): Controls = %q, want %q", pkg, d.Cached, d.Controls, want)
+			}
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,6 +83,8 @@ type query struct {
 	// be cached (uncached says why) or caching is off.
 	cache    *decisionCache
 	uncached string
+	// controls: see Decision.Controls.
+	controls []string
 }
 
 // Load reads every .rego file under dir (recursively; files ending in
@@ -318,7 +322,7 @@ func (s *Set) prepared(ctx context.Context, pkg string) (*query, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: prepare package %s: %w", pkg, err)
 	}
-	q := &query{pkg: pkg, pq: pq, direct: direct}
+	q := &query{pkg: pkg, pq: pq, direct: direct, controls: headerNames(s.compiler, ref)}
 	if plan := planCache(s.compiler, ref); plan.why != "" {
 		q.uncached = plan.why
 	} else if s.cacheMax > 0 {
@@ -402,6 +406,35 @@ func decisionRuleDefs(c *ast.Compiler, pkg ast.Ref, name string) []*ast.Rule {
 		}
 	}
 	return defs
+}
+
+// headerNames returns the header names package pkg's headers rule can set
+// literally: the keys of reference heads (headers["X-Role"] := v) and of
+// object literals in a rule defining the whole object (headers := {...},
+// which the compiler moves into the body). Names computed at evaluation
+// time are not known here; the proxy removes client copies of the names a
+// decision sets as well.
+func headerNames(c *ast.Compiler, pkg ast.Ref) []string {
+	seen := map[string]bool{}
+	for _, r := range decisionRuleDefs(c, pkg, ruleHeaders) {
+		if ref := r.Head.Ref(); len(ref) >= 2 {
+			if s, ok := ref[1].Value.(ast.String); ok {
+				seen[http.CanonicalHeaderKey(string(s))] = true
+			}
+			continue
+		}
+		ast.WalkTerms(r, func(t *ast.Term) bool {
+			if obj, ok := t.Value.(ast.Object); ok {
+				obj.Foreach(func(k, _ *ast.Term) {
+					if s, ok := k.Value.(ast.String); ok {
+						seen[http.CanonicalHeaderKey(string(s))] = true
+					}
+				})
+			}
+			return false
+		})
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // packageRef turns "portcullis.routes.admin" (or "data.portcullis.routes.admin")

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -133,6 +134,24 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 			out.Header.Set(HeaderAssertion, tok)
 		} else {
 			h.log.Error("signing the identity assertion failed", "request_id", x.id, "err", err)
+		}
+	}
+	// A header the policy can set carries the policy's value or none: the
+	// client's copies go, in any spelling ('_' for '-', as CGI reads it),
+	// also when this decision does not set it.
+	if len(x.decision.Controls) > 0 || len(x.decision.Headers) > 0 {
+		for name := range out.Header {
+			n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+			if slices.ContainsFunc(x.decision.Controls, func(c string) bool { return strings.EqualFold(c, n) }) {
+				delete(out.Header, name)
+				continue
+			}
+			for k := range x.decision.Headers {
+				if strings.EqualFold(k, n) {
+					delete(out.Header, name)
+					break
+				}
+			}
 		}
 	}
 	for k, v := range x.decision.Headers {

@@ -60,6 +60,11 @@ func ParseTarget(r *http.Request) (Target, error) {
 	for i := 0; i < len(rawQuery); i++ {
 		if c := rawQuery[i]; c < 0x21 || c == 0x7f || c == '#' {
 			return Target{}, fmt.Errorf("%w: control character or '#' in query", ErrBadTarget)
+		} else if c == ';' {
+			// Some servers (Rack, older Python) split a query at ';' as at
+			// '&', the policy does not: x=1;admin=1 would be one thing to
+			// the policy and another to the upstream.
+			return Target{}, fmt.Errorf("%w: ';' in query (send it as %%3B)", ErrBadTarget)
 		}
 	}
 	escaped, err := NormalizePath(rawPath)

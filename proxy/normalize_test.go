@@ -31,6 +31,8 @@ func TestParseTarget(t *testing.T) {
 		{"/a%7eb", "/a~b", "/a~b"},
 		{"/caf%c3%a9", "/café", "/caf%C3%A9"},
 		{"/search?q=../x", "/search", "/search"},
+		{"/search?x=1;admin=true", "", ""},
+		{"/search?x=1%3Badmin=true", "/search", "/search"},
 		{"/public%2f..%2fadmin", "", ""},
 		{"/public%2F..%2Fadmin", "", ""},
 		{"/public%5c..%5cadmin", "", ""},

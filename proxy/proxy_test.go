@@ -74,7 +74,7 @@ func (fakePolicy) Eval(ctx context.Context, pkg string, in *policy.Input) policy
 		return policy.Decision{Outcome: "error", Reason: "policy evaluation failed: /srv/policies/app.rego:3: eval_conflict_error", Package: pkg}
 	}
 	return policy.Decision{Allow: true, Outcome: "allow", Package: pkg, Revision: "sha256:test",
-		Headers: map[string]string{"X-Policy-Header": "yes"}}
+		Headers: map[string]string{"X-Policy-Header": "yes"}, Controls: []string{"X-Policy-Header", "X-Role"}}
 }
 
 // memRecorder keeps events in memory.
@@ -431,6 +431,14 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	r := seen.last()
 	if r.Header.Get("X-Policy-Header") != "yes" || r.Header.Get("X-Portcullis-User") != "" {
 		t.Errorf("public request headers = %v", r.Header)
+	}
+	// Headers the policy controls carry its value or none, whatever the
+	// client sends, in whichever spelling.
+	do(t, ps, "GET", "app.test", "/x", http.Header{"Authorization": {"Test alice"},
+		"X-Role": {"admin"}, "X_Role": {"admin"}, "X_Policy_Header": {"evil"}, "x-policy-header": {"evil"}})
+	if h := seen.last().Header; h.Get("X-Role") != "" || h.Get("X_Role") != "" || len(h.Values("X-Policy-Header")) != 1 ||
+		h.Get("X-Policy-Header") != "yes" || h.Get("X_Policy_Header") != "" {
+		t.Errorf("policy-controlled headers at the upstream: %v", h)
 	}
 	// A group name cannot pass for several groups, or break the header.
 	if resp, body := do(t, ps, "GET", "app.test", "/x", http.Header{"Authorization": {"Test mallory"}}); resp.StatusCode != 200 {
