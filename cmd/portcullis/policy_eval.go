@@ -58,7 +58,9 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	email := fs.String("email", "", "email of the user")
 	emailVerified := fs.Bool("email-verified", true, "whether the email is verified")
 	groups := fs.String("groups", "", "comma-separated groups of the user")
-	provider := fs.String("provider", "", "identity provider name")
+	provider := fs.String("provider", "", "identity provider name (default: the config's provider, when it has one)")
+	issuer := fs.String("issuer", "", "the user's issuer (default: the issuer of --provider in the config)")
+	authMethod := fs.String("auth-method", identity.MethodSession, "how the user signed in: session or bearer")
 	remote := fs.String("remote-addr", "127.0.0.1", "client IP address")
 	claims := fs.String("claims", "", "extra token claims as a JSON object, e.g. '{\"amr\":[\"mfa\"]}'")
 	output := fs.String("output", "text", "text or json")
@@ -105,10 +107,26 @@ func runPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		req.Header.Add(k, v)
 	}
+	if *authMethod != identity.MethodSession && *authMethod != identity.MethodBearer {
+		fmt.Fprintf(stderr, "portcullis policy eval: --auth-method must be session or bearer, not %q\n", *authMethod)
+		return exitUsage
+	}
+	// As the live proxy would have them: the provider the user came
+	// through, and its issuer.
+	if provs := cfg.Identity.Providers; *provider == "" && len(provs) == 1 {
+		*provider = provs[0].Name
+	}
+	if *issuer == "" {
+		for _, p := range cfg.Identity.Providers {
+			if p.Name == *provider {
+				*issuer = p.Issuer
+			}
+		}
+	}
 	var who *identity.Identity
 	if *user != "" {
 		who = &identity.Identity{Authenticated: true, Sub: *user, Email: *email, EmailVerified: *email != "" && *emailVerified,
-			Provider: *provider, AuthMethod: "session", Groups: []string{}, Claims: map[string]any{}}
+			Issuer: *issuer, Provider: *provider, AuthMethod: *authMethod, Groups: []string{}, Claims: map[string]any{}}
 		for _, g := range strings.Split(*groups, ",") {
 			if g = strings.TrimSpace(g); g != "" {
 				who.Groups = append(who.Groups, g)

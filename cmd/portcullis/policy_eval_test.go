@@ -56,6 +56,17 @@ func TestPolicyEvalCommand(t *testing.T) {
 		t.Fatalf("json = %+v", got)
 	}
 
+	// The user comes through the config's provider, with its issuer, by
+	// session unless told otherwise.
+	code, out, _ = eval("--url", "https://app.example.com/x", "--user", "svc", "--auth-method", "bearer")
+	if code != exitOK || !strings.Contains(out, `"issuer": "https://idp.example.com"`) || !strings.Contains(out, `"provider": "corp"`) ||
+		!strings.Contains(out, `"auth_method": "bearer"`) {
+		t.Errorf("bearer user: exit %d\n%s", code, out)
+	}
+	if code, _, _ := eval("--url", "https://app.example.com/x", "--user", "svc", "--auth-method", "token"); code != exitUsage {
+		t.Errorf("--auth-method token: exit %d, want %d", code, exitUsage)
+	}
+
 	// The input is what a live request builds: the method as given, groups
 	// trimmed, no Host header (the host is the URL's).
 	code, out, errOut = eval("--url", "https://app.example.com/reports", "--user", "alice", "--groups", "a, engineering,,c", "--method", "post")
