@@ -202,6 +202,9 @@ default allow := true
 headers["x-role"] := "admin" if input.user.sub == "alice"
 headers["X-Tenant"] := "acme"
 headers[k] := "v" if { some k in ["X-Dyn"]; input.user.sub == "nobody" }
+headers["X-Portcullis-User"] := "root" if input.user.sub == "nobody"
+headers["X_Request_Id"] := "mine" if input.user.sub == "nobody"
+headers["Cookie"] := "a=b" if input.user.sub == "nobody"
 `,
 		"obj.rego": `package c.obj
 default allow := true

@@ -416,10 +416,18 @@ func decisionRuleDefs(c *ast.Compiler, pkg ast.Ref, name string) []*ast.Rule {
 // decision sets as well.
 func headerNames(c *ast.Compiler, pkg ast.Ref) []string {
 	seen := map[string]bool{}
+	add := func(name string) {
+		// Only names a decision could actually set (see readHeaders):
+		// a refused name is ignored there, and must not cost the
+		// upstream the proxy's own header of that name here.
+		if validToken(name) && refusedHeader(http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-"))) == "" {
+			seen[http.CanonicalHeaderKey(name)] = true
+		}
+	}
 	for _, r := range decisionRuleDefs(c, pkg, ruleHeaders) {
 		if ref := r.Head.Ref(); len(ref) >= 2 {
 			if s, ok := ref[1].Value.(ast.String); ok {
-				seen[http.CanonicalHeaderKey(string(s))] = true
+				add(string(s))
 			}
 			continue
 		}
@@ -427,7 +435,7 @@ func headerNames(c *ast.Compiler, pkg ast.Ref) []string {
 			if obj, ok := t.Value.(ast.Object); ok {
 				obj.Foreach(func(k, _ *ast.Term) {
 					if s, ok := k.Value.(ast.String); ok {
-						seen[http.CanonicalHeaderKey(string(s))] = true
+						add(string(s))
 					}
 				})
 			}

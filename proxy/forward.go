@@ -85,6 +85,14 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 
 	scrubClientHeaders(out.Header, x.client.Trusted)
 	x.st.Auth.StripCredentials(out.Header)
+	// A header the policy can set carries the policy's value or none: the
+	// client's copies go, in any spelling ('_' for '-', as CGI reads it),
+	// also when this decision does not set it.
+	for name := range out.Header {
+		if policyControls(x.decision, name) {
+			delete(out.Header, name)
+		}
+	}
 	// Only WebSocket upgrades become tunnels. Any other (h2c above all)
 	// would let the client send further requests inside the tunnel, which
 	// no policy decides and no audit event records: the request goes on
@@ -100,10 +108,22 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 		// failed, to answer 400 rather than blame the upstream.
 		x.body = &watchedBody{ReadCloser: out.Body, progress: x.timer.touch}
 		out.Body = x.body
-		// The request's trailers are known once its body has been read:
-		// share the map the server fills in (ReverseProxy sends a copy
-		// made before, which stays empty).
-		out.Trailer = pr.In.Trailer
+		// The request's trailers are known once its body has been read.
+		// Only those the client declared go on, when a header of that
+		// name could (no identity, forwarding, credential or framing
+		// field); their values are copied at the body's end, on the
+		// transport's goroutine that then sends them.
+		if declared := forwardableTrailers(out.Trailer, x); len(declared) > 0 {
+			out.Trailer = declared
+			in := pr.In.Trailer
+			x.body.atEOF = func() {
+				for k := range declared {
+					declared[k] = in.Values(k)
+				}
+			}
+		} else {
+			out.Trailer = nil
+		}
 	}
 
 	// X-Forwarded-*: appended to a trusted proxy's values, else fresh.
@@ -134,24 +154,6 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest, x *exchange, route *Route) 
 			out.Header.Set(HeaderAssertion, tok)
 		} else {
 			h.log.Error("signing the identity assertion failed", "request_id", x.id, "err", err)
-		}
-	}
-	// A header the policy can set carries the policy's value or none: the
-	// client's copies go, in any spelling ('_' for '-', as CGI reads it),
-	// also when this decision does not set it.
-	if len(x.decision.Controls) > 0 || len(x.decision.Headers) > 0 {
-		for name := range out.Header {
-			n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-			if slices.ContainsFunc(x.decision.Controls, func(c string) bool { return strings.EqualFold(c, n) }) {
-				delete(out.Header, name)
-				continue
-			}
-			for k := range x.decision.Headers {
-				if strings.EqualFold(k, n) {
-					delete(out.Header, name)
-					break
-				}
-			}
 		}
 	}
 	for k, v := range x.decision.Headers {
@@ -266,14 +268,20 @@ type watchedBody struct {
 	// progress is called whenever the upstream takes more of the body,
 	// and at its end.
 	progress func()
-	mu       sync.Mutex
-	err      error
+	// atEOF, when set, is called once at the body's end.
+	atEOF func()
+	mu    sync.Mutex
+	err   error
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 || err == io.EOF {
 		b.progress()
+	}
+	if err == io.EOF && b.atEOF != nil {
+		b.atEOF()
+		b.atEOF = nil
 	}
 	if err != nil && err != io.EOF {
 		b.mu.Lock()
@@ -394,4 +402,53 @@ func joinGroups(groups []string) string {
 		}
 	}
 	return b.String()
+}
+
+// headerKey is a field name as CGI-style servers read it: lower case, '_'
+// for '-'.
+func headerKey(name string) string { return strings.ToLower(strings.ReplaceAll(name, "_", "-")) }
+
+// policyControls reports whether the decision's policy can set a header
+// of that name, in any spelling.
+func policyControls(d policy.Decision, name string) bool {
+	n := headerKey(name)
+	if slices.ContainsFunc(d.Controls, func(c string) bool { return headerKey(c) == n }) {
+		return true
+	}
+	for k := range d.Headers {
+		if headerKey(k) == n {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardableTrailers returns, of the trailer names the client declared,
+// those a header of the same name could carry to the upstream (see
+// scrubClientHeaders, StripCredentials, policyControls), with no values
+// yet; never framing or hop-by-hop fields, Host or credentials.
+func forwardableTrailers(declared http.Header, x *exchange) http.Header {
+	if len(declared) == 0 {
+		return nil
+	}
+	probe := make(http.Header, len(declared))
+	for k := range declared {
+		probe[k] = []string{"x"}
+	}
+	scrubClientHeaders(probe, x.client.Trusted)
+	x.st.Auth.StripCredentials(probe)
+	out := http.Header{}
+	for k := range probe {
+		switch headerKey(k) {
+		case "authorization", "proxy-authorization", "cookie", "host", "content-length", "content-type",
+			"content-encoding", "transfer-encoding", "te", "trailer", "connection", "keep-alive",
+			"proxy-connection", "upgrade", "expect", "x-request-id":
+			continue
+		}
+		if isIdentityHeader(k) || policyControls(x.decision, k) {
+			continue
+		}
+		out[k] = nil
+	}
+	return out
 }

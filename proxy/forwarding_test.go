@@ -14,6 +14,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -73,7 +74,21 @@ func forwardingUpstream(t *testing.T) *httptest.Server {
 			http.SetCookie(w, &http.Cookie{Name: "theme", Value: "dark", Path: "/"})
 		case "/trailer":
 			io.Copy(io.Discard, r.Body)
-			fmt.Fprintf(w, "X-Sum=%s", r.Trailer.Get("X-Sum"))
+			var got []string
+			for k, v := range r.Trailer {
+				if len(v) > 0 {
+					got = append(got, k+"="+strings.Join(v, ","))
+				}
+			}
+			slices.Sort(got)
+			io.WriteString(w, strings.Join(got, " "))
+		case "/pause-download":
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", "2048")
+			w.Write(make([]byte, 1024))
+			w.(http.Flusher).Flush()
+			time.Sleep(900 * time.Millisecond)
+			w.Write(make([]byte, 1024))
 		default:
 			fmt.Fprintf(w, "uri=%s accept-encoding=%q", r.RequestURI, r.Header.Get("Accept-Encoding"))
 		}
@@ -181,6 +196,30 @@ func TestDownloadsOutlastTheWriteTimeout(t *testing.T) {
 	}
 }
 
+// TestPausesBetweenWritesAreNotTheClients: an upstream that pauses longer
+// than write_timeout between two parts of a response is not a client
+// that stopped reading (an HTTP/2 stream's deadline runs between writes).
+func TestPausesBetweenWritesAreNotTheClients(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxyWith(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}},
+		func(c *ServerConfig) { c.WriteTimeout = 300 * time.Millisecond })
+	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, ps.URL+"/pause-download", nil)
+			req.Host = "app.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != 2048 {
+				t.Errorf("900 ms upstream pause with a 300 ms write_timeout: %d bytes, %v; want 2048", n, err)
+			}
+		})
+	}
+}
+
 // TestInterimResponsesAreCleaned: a 103 reaches the client without
 // hop-by-hop fields (fatal in HTTP/2) or identity headers, and the final
 // response still carries X-Request-Id; a response without a Content-Type
@@ -224,6 +263,26 @@ func TestInterimResponsesAreCleaned(t *testing.T) {
 					t.Errorf("103 carries %s: %q", k, v)
 				}
 			}
+			// Headers Portcullis set before forwarding (a refreshed
+			// session's cookie) survive the interim response, which does
+			// not carry them.
+			req, _ = http.NewRequest(http.MethodGet, ps.URL+"/early", nil)
+			req.Host = "app.test"
+			req.Header.Set("Authorization", "Test refresh")
+			interim = nil
+			mu.Unlock()
+			resp, err = c.Do(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+			mu.Lock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := resp.Header.Values("Set-Cookie"); len(got) != 1 || !strings.HasPrefix(got[0], "_portcullis=refreshed") {
+				t.Errorf("final response Set-Cookie %q, want the refreshed session", got)
+			}
+			if len(interim) != 1 || interim[0].Get("Set-Cookie") != "" {
+				t.Errorf("interim responses %v, want one without Set-Cookie", interim)
+			}
 			req, _ = http.NewRequest(http.MethodGet, ps.URL+"/untyped", nil)
 			req.Host = "app.test"
 			resp, err = c.Do(req)
@@ -263,15 +322,19 @@ func TestRequestTargetsReachTheUpstreamAsSent(t *testing.T) {
 
 	conn := dialHTTP1(t, ps, 10*time.Second)
 	defer conn.Close()
-	io.WriteString(conn, "POST /trailer HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
-		"5\r\nhello\r\n0\r\nX-Sum: abc\r\n\r\n")
+	// Declared trailers go on when a header of that name could; identity,
+	// credentials and undeclared ones never do.
+	io.WriteString(conn, "POST /trailer HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n"+
+		"Trailer: X-Sum, X-Portcullis-User, Authorization, X-Role\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Sum: abc\r\nX-Portcullis-User: root\r\nAuthorization: Bearer stolen\r\n"+
+		"X-Role: admin\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	if string(body) != "X-Sum=abc" {
-		t.Errorf("upstream saw trailers %q, want X-Sum=abc", body)
+		t.Errorf("upstream saw trailers %q, want only X-Sum=abc", body)
 	}
 }
 

@@ -39,6 +39,10 @@ func (fakeAuth) Authenticate(w http.ResponseWriter, r *http.Request) (*identity.
 		return nil, nil
 	}
 	groups := []string{"engineering"}
+	if sub == "refresh" {
+		// A session refreshed on this request: a new cookie goes out.
+		http.SetCookie(w, &http.Cookie{Name: "_portcullis", Value: "refreshed", Path: "/"})
+	}
 	if sub == "mallory" {
 		// A provider that lets users name their own groups.
 		groups = []string{"engineering,admins", "100%", "ops\r\nX-Evil: 1"}
@@ -74,7 +78,7 @@ func (fakePolicy) Eval(ctx context.Context, pkg string, in *policy.Input) policy
 		return policy.Decision{Outcome: "error", Reason: "policy evaluation failed: /srv/policies/app.rego:3: eval_conflict_error", Package: pkg}
 	}
 	return policy.Decision{Allow: true, Outcome: "allow", Package: pkg, Revision: "sha256:test",
-		Headers: map[string]string{"X-Policy-Header": "yes"}, Controls: []string{"X-Policy-Header", "X-Role"}}
+		Headers: map[string]string{"X-Policy-Header": "yes"}, Controls: []string{"X-Policy-Header", "X-Role", "X_Tenant"}}
 }
 
 // memRecorder keeps events in memory.
@@ -435,8 +439,8 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	// Headers the policy controls carry its value or none, whatever the
 	// client sends, in whichever spelling.
 	do(t, ps, "GET", "app.test", "/x", http.Header{"Authorization": {"Test alice"},
-		"X-Role": {"admin"}, "X_Role": {"admin"}, "X_Policy_Header": {"evil"}, "x-policy-header": {"evil"}})
-	if h := seen.last().Header; h.Get("X-Role") != "" || h.Get("X_Role") != "" || len(h.Values("X-Policy-Header")) != 1 ||
+		"X-Role": {"admin"}, "X_Role": {"admin"}, "X_Policy_Header": {"evil"}, "x-policy-header": {"evil"}, "X-Tenant": {"evil"}})
+	if h := seen.last().Header; h.Get("X-Role") != "" || h.Get("X_Role") != "" || h.Get("X-Tenant") != "" || len(h.Values("X-Policy-Header")) != 1 ||
 		h.Get("X-Policy-Header") != "yes" || h.Get("X_Policy_Header") != "" {
 		t.Errorf("policy-controlled headers at the upstream: %v", h)
 	}

@@ -186,6 +186,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// each one from when it starts (see proxyWriter).
 	_ = x.rc.SetWriteDeadline(time.Time{})
 	rp.ServeHTTP(newProxyWriter(w, x), r.WithContext(ctx))
+	// The server still flushes what is buffered once the handler returns.
+	_ = x.rc.SetWriteDeadline(time.Now().Add(st.Server.WriteTimeout))
 }
 
 // noRouteReason is what a 404 tells the client, whether no route matched or
