@@ -379,7 +379,8 @@ func unescapeQuery(s string) string {
 }
 
 // joinGroups writes groups for X-Portcullis-Groups: comma-separated, each
-// name with "%", "," and control characters percent-encoded, so that a
+// name with "%", ",", control characters and spaces at its ends
+// percent-encoded, so that a
 // group named "engineering,admins" cannot read as two groups to an
 // upstream that splits the header (and one with a line break cannot make
 // the request unforwardable). Names without those characters, nearly all,
@@ -390,9 +391,13 @@ func joinGroups(groups []string) string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
+		// Spaces at either end too: parsers trim them around a value and
+		// around list items, so " admins " would read as "admins".
+		lead := len(g) - len(strings.TrimLeft(g, " "))
+		trail := len(strings.TrimRight(g, " "))
 		for j := 0; j < len(g); j++ {
 			switch c := g[j]; {
-			case c == '%' || c == ',' || c < 0x20 || c == 0x7f:
+			case c == '%' || c == ',' || c < 0x20 || c == 0x7f || c == ' ' && (j < lead || j >= trail):
 				b.WriteByte('%')
 				b.WriteByte("0123456789ABCDEF"[c>>4])
 				b.WriteByte("0123456789ABCDEF"[c&15])

@@ -45,7 +45,7 @@ func (fakeAuth) Authenticate(w http.ResponseWriter, r *http.Request) (*identity.
 	}
 	if sub == "mallory" {
 		// A provider that lets users name their own groups.
-		groups = []string{"engineering,admins", "100%", "ops\r\nX-Evil: 1"}
+		groups = []string{"engineering,admins", "100%", "ops\r\nX-Evil: 1", " admins ", "Domain Admins"}
 	}
 	return &identity.Identity{Authenticated: true, Sub: sub, Email: sub + "@example.com", Groups: groups, AuthMethod: "bearer"}, nil
 }
@@ -447,7 +447,7 @@ func TestDecisionsAndStatuses(t *testing.T) {
 	// A group name cannot pass for several groups, or break the header.
 	if resp, body := do(t, ps, "GET", "app.test", "/x", http.Header{"Authorization": {"Test mallory"}}); resp.StatusCode != 200 {
 		t.Errorf("user with odd group names: %d %s", resp.StatusCode, body)
-	} else if got, want := seen.last().Header.Get("X-Portcullis-Groups"), "engineering%2Cadmins,100%25,ops%0D%0AX-Evil: 1"; got != want {
+	} else if got, want := seen.last().Header.Get("X-Portcullis-Groups"), "engineering%2Cadmins,100%25,ops%0D%0AX-Evil: 1,%20admins%20,Domain Admins"; got != want {
 		t.Errorf("X-Portcullis-Groups = %q, want %q", got, want)
 	}
 	// A browser's form post is sent to sign in too (after it the browser

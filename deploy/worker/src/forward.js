@@ -56,14 +56,18 @@ export function headerValue(text) {
 
 /**
  * The X-Portcullis-Groups value, written as Portcullis writes it: names
- * comma-separated, each with '%', ',' and control characters
- * percent-encoded, so that a group named "engineering,admins" cannot read
+ * comma-separated, each with '%', ',', control characters and spaces at its
+ * ends percent-encoded, so that a group named "engineering,admins" cannot read
  * as two groups to an origin that splits the header.
  */
 export function joinGroups(groups) {
+  const hex = (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`;
   return groups
     .map((g) =>
-      g.replace(/[%,\u0000-\u001f\u007f]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`),
+      g
+        .replace(/[%,\u0000-\u001f\u007f]/g, hex)
+        // Spaces at either end: parsers trim them around values and list items.
+        .replace(/^ +| +$/g, (s) => '%20'.repeat(s.length)),
     )
     .join(',');
 }
