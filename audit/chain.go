@@ -65,6 +65,19 @@ func ComputeHash(ev *Event) (string, error) {
 	return hashOf(b), nil
 }
 
+// legacyHash is the hash Portcullis gave events before 2026-11-27: over the
+// canonical JSON with an empty "hash" member rather than without it.
+// Verifier accepts it, so that older trails still verify.
+func legacyHash(ev *Event) string {
+	cp := *ev
+	cp.Hash = ""
+	b, err := json.Marshal(&cp)
+	if err != nil {
+		return ""
+	}
+	return hashOf(b)
+}
+
 // hashMember opens the "hash" member in an event's encoding.
 const hashMember = `,"hash":"`
 

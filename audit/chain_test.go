@@ -182,3 +182,26 @@ func checkRoundTrip(t *testing.T, s string) {
 		t.Fatalf("%q: hash after decoding %s (%v), sealed %s\n%s", s, h, err, ev.Hash, data)
 	}
 }
+
+// TestVerifierAcceptsLegacyHashes: events hashed before the hash left out
+// its own member (over the event with "hash":"") still verify, counted,
+// and a changed one still does not.
+func TestVerifierAcceptsLegacyHashes(t *testing.T) {
+	ev := sampleEvent()
+	normalize(ev, time.Now())
+	ev.Seq, ev.PrevHash = 1, ""
+	ev.Hash = legacyHash(ev)
+	v := NewVerifier()
+	v.Add(ev)
+	r := v.Reports()
+	if len(r) != 1 || r[0].Err != nil || r[0].Legacy != 1 {
+		t.Fatalf("legacy event: %+v", r)
+	}
+	bad := *ev
+	bad.Reason = "changed"
+	v2 := NewVerifier()
+	v2.Add(&bad)
+	if r := v2.Reports(); len(r) != 1 || r[0].Err == nil || r[0].Err.Kind != BreakAltered {
+		t.Errorf("changed legacy event: %+v, want altered", r)
+	}
+}

@@ -73,6 +73,11 @@ type ChainReport struct {
 	// events were checked.
 	First, Last uint64
 	Events      uint64
+	// Legacy counts events whose hash is over the event with an empty
+	// "hash" member, as Portcullis wrote them before 2026-11-27, rather
+	// than without the member (SPEC §6): accepted, and counted so that a
+	// trail's age shows.
+	Legacy uint64
 	// Err is the first break, nil when the chain is intact.
 	Err *ChainError
 }
@@ -140,10 +145,13 @@ func (v *Verifier) Add(ev *Event) error {
 	}
 	var found *ChainError
 	hash, err := ComputeHash(ev)
+	if err == nil && hash != ev.Hash && legacyHash(ev) == ev.Hash {
+		c.report.Legacy++
+	}
 	switch {
 	case err != nil:
 		found = brk(BreakAltered, "cannot encode: %v", err)
-	case hash != ev.Hash:
+	case hash != ev.Hash && legacyHash(ev) != ev.Hash:
 		found = brk(BreakAltered, "hash is %s but the content hashes to %s", ev.Hash, hash)
 	case !seen:
 		if ev.Seq == 1 && ev.PrevHash != "" {

@@ -516,6 +516,9 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 			state = fmt.Sprintf("BROKEN at seq %d (event %s): %s", r.Err.Seq, r.Err.EventID, r.Err.Kind)
 			broken++
 		}
+		if r.Legacy > 0 {
+			state += fmt.Sprintf(" (%d hashed the pre-2026-11-27 way, with an empty hash member)", r.Legacy)
+		}
 		fmt.Fprintf(stdout, "%s: seq %d..%d, %d events: %s\n", r.Instance, r.First, r.Last, r.Events, state)
 	}
 	if a.foreign > 0 {
