@@ -69,6 +69,9 @@ func New(ctx context.Context, cfg Config, acfg AssertionConfig, opts Options) (*
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	for _, w := range cfg.Warnings() {
+		opts.Logger.Warn("identity: " + w)
+	}
 	if opts.Clock == nil {
 		opts.Clock = wallClock{}
 	}

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -336,3 +337,24 @@ const publishedSecretAdvice = "is the example configuration's published secret: 
 
 // PublishedSecretProblem is the message about a secret at path.
 func PublishedSecretProblem(path string) string { return path + ": " + publishedSecretAdvice }
+
+// Warnings are what is valid in the configuration but weak: a bearer
+// audience that is also a provider's client_id, so that ID tokens (issued
+// for the client_id) carry an accepted audience; only the marks an ID token
+// usually has (nonce, at_hash, typ) then keep them from being bearer
+// credentials, and a refreshed ID token may have none. Validate must have
+// run.
+func (c *Config) Warnings() []string {
+	var out []string
+	if c.Bearer.Enabled {
+		for i, aud := range c.Bearer.Audiences {
+			for j, p := range c.Providers {
+				if aud == p.ClientID {
+					out = append(out, fmt.Sprintf("identity.bearer.audiences[%d]: %q is also identity.providers[%d].client_id: "+
+						"ID tokens have that audience; give APIs an audience of their own", i, aud, j))
+				}
+			}
+		}
+	}
+	return out
+}

@@ -162,3 +162,21 @@ func TestPublishedSecretIsRefused(t *testing.T) {
 		t.Errorf("New with the published secret: %v", err)
 	}
 }
+
+// TestWarnings: a bearer audience that is also a client_id is valid but
+// weak (ID tokens carry it), and said so.
+func TestWarnings(t *testing.T) {
+	cfg := Config{ExternalURL: "https://auth.example.test", Session: SessionConfig{Secrets: []string{testSecret}},
+		Providers: []ProviderConfig{{Name: "corp", Issuer: "https://idp.example.test", ClientID: "portcullis", ClientSecret: "s"}},
+		Bearer:    BearerConfig{Enabled: true, Audiences: []string{"api", "portcullis"}}}
+	cfg.SetDefaults(t.TempDir())
+	var p confkit.Problems
+	cfg.Validate(&p, "identity")
+	if err := p.Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := cfg.Warnings()
+	if len(w) != 1 || !strings.HasPrefix(w[0], `identity.bearer.audiences[1]: "portcullis" is also identity.providers[0].client_id`) {
+		t.Errorf("Warnings = %q", w)
+	}
+}

@@ -33,6 +33,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		for _, sp := range f.Identity.PublishedSecrets() {
 			fmt.Fprintf(stderr, "warning: %s (`portcullis serve` refuses it)\n", identity.PublishedSecretProblem(sp))
 		}
+		for _, w := range f.Identity.Warnings() {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
+		}
 	}
 	if problems.Len() > 0 {
 		fmt.Fprintf(stderr, "%s: %d problem(s):\n", *path, problems.Len())
