@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -70,8 +74,10 @@ type Route struct {
 
 	// UpstreamURL is Upstream parsed by Validate.
 	UpstreamURL *url.URL `yaml:"-"`
-	// rootCAs is the pool TLSCAFile gives, set by Validate.
+	// rootCAs is the pool TLSCAFile gives, set by Validate; caSum the
+	// SHA-256 of that file's content.
 	rootCAs *x509.CertPool
+	caSum   string
 	// h2c: Upstream is h2c://, spoken to in HTTP/2 without TLS.
 	h2c bool
 }
@@ -237,14 +243,14 @@ func ValidateRoutes(p *confkit.Problems, path string, routes []Route) {
 			confkit.ParseURL(p, confkit.Join(rp, "assertion_audience"), r.AssertionAudience, true, "https", "http")
 		}
 		if r.TLSCAFile != "" {
-			pool, err := loadRootCAs(r.TLSCAFile)
+			pool, sum, err := loadRootCAs(r.TLSCAFile)
 			switch {
 			case err != nil:
 				p.Add(confkit.Join(rp, "tls_ca_file"), "%v", err)
 			case r.UpstreamURL != nil && r.UpstreamURL.Scheme != "https":
 				p.Add(confkit.Join(rp, "tls_ca_file"), "is for an https upstream; %s is %s", confkit.Join(rp, "upstream"), r.UpstreamURL.Scheme)
 			default:
-				r.rootCAs = pool
+				r.rootCAs, r.caSum = pool, sum
 			}
 		}
 		key := r.Host + " " + r.Path
@@ -302,18 +308,44 @@ func validHostname(s string) bool {
 }
 
 // loadRootCAs returns the system's CA pool plus the certificates of the PEM
-// file at path.
-func loadRootCAs(path string) (*x509.CertPool, error) {
+// file at path, and the file's SHA-256.
+func loadRootCAs(path string) (*x509.CertPool, string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot be read: %w", err)
+		return nil, "", fmt.Errorf("cannot be read: %w", err)
 	}
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
 	}
 	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+		return nil, "", fmt.Errorf("%s holds no PEM certificate", path)
 	}
-	return pool, nil
+	sum := sha256.Sum256(data)
+	return pool, hex.EncodeToString(sum[:]), nil
+}
+
+// transportKey names the transport a route needs of its own ("" for the
+// shared one): routes with the same key share one, across reloads too.
+func (r *Route) transportKey() string {
+	switch {
+	case r.rootCAs != nil:
+		return "ca:" + r.caSum
+	case r.h2c:
+		return "h2c"
+	}
+	return ""
+}
+
+// newOwnTransport builds the transport transportKey names.
+func (r *Route) newOwnTransport() *http.Transport {
+	t := NewTransport()
+	if r.rootCAs != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: r.rootCAs, MinVersion: tls.VersionTLS12}
+	}
+	if r.h2c {
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return t
 }

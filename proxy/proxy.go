@@ -7,7 +7,6 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -111,6 +111,11 @@ type Handler struct {
 	// active counts requests in ServeHTTP or ServePlain, so that shutdown
 	// can wait until each has recorded its audit event (see Settle).
 	active atomic.Int64
+	// transports are the routes' own transports (a private CA, h2c) by
+	// what makes them differ, kept across reloads with their connection
+	// pools; swapMu serializes Swap.
+	swapMu     sync.Mutex
+	transports map[string]*http.Transport
 }
 
 // Settle waits until no request is being handled any more, or ctx ends
@@ -165,23 +170,28 @@ func (h *Handler) Swap(st *State) error {
 	}
 	st.table = newTable(st.Routes)
 	st.proxies = make(map[*Route]*httputil.ReverseProxy, len(st.Routes))
+	h.swapMu.Lock()
+	defer h.swapMu.Unlock()
+	kept := map[string]*http.Transport{}
 	for i := range st.Routes {
 		r := &st.Routes[i]
 		tr := st.Transport
-		switch {
-		case r.rootCAs != nil:
-			// Its own pool of connections, trusting its CAs.
-			t := NewTransport()
-			t.TLSClientConfig = &tls.Config{RootCAs: r.rootCAs, MinVersion: tls.VersionTLS12}
-			tr = t
-		case r.h2c:
-			t := NewTransport()
-			t.Protocols = new(http.Protocols)
-			t.Protocols.SetUnencryptedHTTP2(true)
+		if key := r.transportKey(); key != "" {
+			t := h.transports[key]
+			if t == nil {
+				t = r.newOwnTransport()
+			}
+			kept[key] = t
 			tr = t
 		}
 		st.proxies[r] = h.newReverseProxy(r, tr)
 	}
+	for key, t := range h.transports {
+		if kept[key] == nil {
+			t.CloseIdleConnections()
+		}
+	}
+	h.transports = kept
 	h.state.Store(st)
 	return nil
 }
