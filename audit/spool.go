@@ -525,14 +525,46 @@ func (s *Spool) Append(e Encoded, hash string) (Ticket, error) {
 }
 
 // Accepting reports whether an Append of a typical event would be taken
-// now: not failing, and not within acceptMargin of max_bytes.
+// now: not failing, and not within acceptMargin of max_bytes. While the
+// spool is failing it answers yes only once a probe (acceptMargin bytes
+// written and fsync'd beside the segments, then removed) succeeds, at most
+// once per retry wait: fail-closed forwards a request on this answer and
+// records its event after, so the answer must not be a guess (a request
+// let through to see whether the disk had room again was forwarded and
+// then could not be audited).
 func (s *Spool) Accepting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.err != nil && time.Since(s.failedAt) < s.retryWait {
+	if s.closed || s.bytes+s.acceptMargin() > s.maxBytes {
 		return false
 	}
-	return s.bytes+s.acceptMargin() <= s.maxBytes
+	if s.err == nil {
+		return true
+	}
+	if time.Since(s.failedAt) < s.retryWait {
+		return false
+	}
+	if err := s.probe(); err != nil {
+		s.failedAt = time.Now()
+		return false
+	}
+	return true
+}
+
+// probe writes and fsyncs acceptMargin bytes into a file beside the
+// segments and removes it.
+func (s *Spool) probe() error {
+	p := filepath.Join(s.dir, ".probe")
+	defer os.Remove(p)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(make([]byte, s.acceptMargin()))
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }
 
 // acceptMargin is the room Accepting wants left under max_bytes: 64KiB

@@ -463,3 +463,33 @@ func TestSmallSpoolAcceptsUntilNearlyFull(t *testing.T) {
 		appendSync(t, s, seq, seq)
 	}
 }
+
+// TestFailingSpoolAcceptsOnlyAfterAProbe: a failing spool says it accepts
+// again only when a probe write succeeds, not merely because its retry
+// wait has passed (fail-closed forwards on that answer).
+func TestFailingSpoolAcceptsOnlyAfterAProbe(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(dir, 1<<20, SpoolOptions{RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.mu.Lock()
+	s.err, s.failedAt = errors.New("no space left on device"), time.Now().Add(-time.Second)
+	s.mu.Unlock()
+	// The probe cannot be written: a directory is in its way.
+	if err := os.MkdirAll(filepath.Join(dir, ".probe", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if s.Accepting() {
+		t.Fatal("a failing spool whose probe fails says it accepts")
+	}
+	os.RemoveAll(filepath.Join(dir, ".probe"))
+	time.Sleep(5 * time.Millisecond)
+	if !s.Accepting() {
+		t.Fatal("a failing spool whose probe succeeds does not accept")
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".probe")); !os.IsNotExist(err) {
+		t.Errorf("probe file left behind: %v", err)
+	}
+}
