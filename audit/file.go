@@ -42,9 +42,12 @@ type FileSink struct {
 	size     int64
 	lastInst string
 	lastSeq  uint64
-	err      error
-	closed   bool
-	buf      []byte
+	// replayChecked: the first re-delivered event since the file was
+	// opened matched the file's (see PublishEncoded).
+	replayChecked bool
+	err           error
+	closed        bool
+	buf           []byte
 }
 
 var _ EncodedSink = (*FileSink)(nil)
@@ -83,6 +86,10 @@ func NewFileSink(cfg FileConfig, opts FileSinkOptions) (*FileSink, error) {
 func (s *FileSink) open() error {
 	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		return fmt.Errorf("audit: file sink: %w", err)
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
 		return fmt.Errorf("audit: file sink: %w", err)
 	}
 	size, last, err := lastLine(f)
@@ -186,12 +193,33 @@ func (s *FileSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
 	if len(batch) == 0 {
 		return nil
 	}
+	if err := s.reopenIfGone(); err != nil {
+		return s.fail(err)
+	}
 	if s.lastSeq > 0 && batch[0].Seq <= s.lastSeq {
-		if inst, _ := eventHead(batch[0].Data); inst == s.lastInst {
+		if inst, hash := eventHead(batch[0].Data); inst == s.lastInst {
+			// Events the file already holds come again after a crash
+			// (the spool resends what it had not seen acknowledged): the
+			// first such event must be the one the file holds, or the
+			// proxy's chain is not the file's (a data_dir restored from a
+			// backup): skipping would throw away different events.
+			if !s.replayChecked {
+				held, err := s.hashAt(inst, batch[0].Seq)
+				if err != nil {
+					return s.fail(err)
+				}
+				if held != "" && held != hash {
+					return s.fail(fmt.Errorf("%w: %s already holds a different event at seq %d of instance %s "+
+						"(was data_dir restored from a backup? give this proxy a new audit.instance)", ErrChainConflict, s.path, batch[0].Seq, inst))
+				}
+				s.replayChecked = true
+			}
 			i := 0
 			for i < len(batch) && batch[i].Seq <= s.lastSeq {
 				i++
 			}
+			s.log.Info("audit: events the file already holds were delivered again (after a restart)", "skipped", i,
+				"instance", inst, "through_seq", batch[i-1].Seq)
 			batch = batch[i:]
 		}
 	}
@@ -228,6 +256,58 @@ func (s *FileSink) PublishEncoded(ctx context.Context, batch []Encoded) error {
 	return nil
 }
 
+// ErrChainConflict: the sink already holds a different event under an
+// event's instance and seq.
+var ErrChainConflict = errors.New("audit: chain conflict")
+
+// reopenIfGone reopens the live file when Path no longer names the file
+// being written (deleted, or its directory; or replaced): writes into a
+// deleted file would be acknowledged and lost.
+func (s *FileSink) reopenIfGone() error {
+	if s.f == nil {
+		return nil
+	}
+	cur, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	now, err := os.Stat(s.path)
+	if err == nil && os.SameFile(cur, now) {
+		return nil
+	}
+	s.log.Warn("audit: the audit file was removed or replaced while open; writing to a new one at its path", "err", err)
+	s.f.Close()
+	s.f = nil
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+		return err
+	}
+	s.replayChecked = false
+	return s.open()
+}
+
+// hashAt returns the hash of the event of instance inst and seq held in
+// the live file, or "" when the live file does not hold it.
+func (s *FileSink) hashAt(inst string, seq uint64) (string, error) {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxFrameBody+1024)
+	for sc.Scan() {
+		var h struct {
+			Instance string `json:"instance"`
+			Seq      uint64 `json:"seq"`
+			Hash     string `json:"hash"`
+		}
+		if json.Unmarshal(sc.Bytes(), &h) == nil && h.Instance == inst && h.Seq == seq {
+			return h.Hash, nil
+		}
+	}
+	return "", sc.Err()
+}
+
 // rotate shifts Path.N to Path.N+1 (deleting what passes MaxFiles) and
 // starts an empty live file.
 func (s *FileSink) rotate() error {
@@ -248,6 +328,10 @@ func (s *FileSink) rotate() error {
 	// The oldest file (or, with MaxFiles 1, the live one) is replaced.
 	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
+		return err
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
 		return err
 	}
 	if err := syncDir(filepath.Dir(s.path)); err != nil {

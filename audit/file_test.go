@@ -336,3 +336,86 @@ func TestFileSourceMissingOrDirectory(t *testing.T) {
 		t.Errorf("Follow: %v", err)
 	}
 }
+
+// TestFileSinkRefusesAnotherChainAtHeldSeqs: after a data_dir restored from
+// a backup, the proxy's chain restarts below what the file holds; its
+// events are different ones and are refused (kept in the spool, the sink
+// not live), never skipped as re-deliveries.
+func TestFileSinkRefusesAnotherChainAtHeldSeqs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	cfg := FileConfig{Path: path, MaxBytes: 1 << 20, MaxFiles: 2}
+	s, err := NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishEncoded(context.Background(), encodedChain(t, "a", 8)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Same instance and seqs, other events: the restored proxy's.
+	var other []Encoded
+	prev := ""
+	for _, ev := range chain(t, "a", 8) {
+		ev.Reason, ev.PrevHash = "after the restore", prev
+		data, err := seal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev = ev.Hash
+		other = append(other, Encoded{Seq: ev.Seq, ID: ev.ID, Time: ev.Time, Key: ev.Key(), Data: data})
+	}
+	s, err = NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.PublishEncoded(context.Background(), other[4:]); !errors.Is(err, ErrChainConflict) {
+		t.Fatalf("publishing another chain's seq 5..8: %v, want ErrChainConflict", err)
+	}
+	if st := s.Status(); st.Live || !strings.Contains(st.Detail, "new audit.instance") {
+		t.Errorf("Status = %+v, want not live, saying what to do", st)
+	}
+}
+
+// TestFileSinkReopensARemovedFile: events are not written into a file
+// (or a directory) removed while open, where they would be lost.
+func TestFileSinkReopensARemovedFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "trail")
+	path := filepath.Join(dir, "audit.jsonl")
+	s, err := NewFileSink(FileConfig{Path: path, MaxBytes: 1 << 20, MaxFiles: 2}, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	evs := encodedChain(t, "a", 6)
+	if err := s.PublishEncoded(context.Background(), evs[:3]); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(dir)
+	if err := s.PublishEncoded(context.Background(), evs[3:]); err != nil {
+		t.Fatal(err)
+	}
+	got := readSource(t, NewFileSource(path, FileSourceOptions{}), Filter{})
+	if len(got) != 3 || got[0].Seq != 4 {
+		t.Fatalf("after the directory was removed, the path holds %d events, want seq 4..6", len(got))
+	}
+}
+
+// TestFileSinkIsOneProcesssFile: a second sink on the same file (another
+// proxy with the same audit.file.path) is refused: each would write over
+// the other's lines.
+func TestFileSinkIsOneProcesssFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	cfg := FileConfig{Path: path, MaxBytes: 1 << 20, MaxFiles: 2}
+	s, err := NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s2, err := NewFileSink(cfg, FileSinkOptions{}); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		if s2 != nil {
+			s2.Close()
+		}
+		t.Fatalf("second sink on one file: %v, want refused", err)
+	}
+}

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 )
 
+// lockFile: no advisory lock on this platform (see lockDir).
+func lockFile(*os.File) error { return nil }
+
 // lockDir opens dir/LOCK; on this platform there is no advisory lock, and
 // keeping two processes off one spool is the operator's job.
 func lockDir(dir string) (*os.File, error) {
