@@ -204,8 +204,16 @@ func (p *Pipeline) openSpool(cfg Config, st ChainState) error {
 	}
 	seq, hash := s.Tail()
 	if ti := s.TailInstance(); seq > 0 && ti != "" && ti != p.instance {
-		s.Close()
-		return fmt.Errorf("audit: spool %s holds events of instance %q, not %q: run as %q until it is drained, or move it aside", cfg.Spool.Dir, ti, p.instance, ti)
+		// A new audit.instance (as after a data_dir restored from a
+		// backup): fine once the old instance's events have all been
+		// delivered; never at the cost of one that was not.
+		ok, err := s.resetIfDrained(st.Seq, st.Hash, p.instance)
+		if err != nil || !ok {
+			s.Close()
+			return errors.Join(err, fmt.Errorf("audit: spool %s holds undelivered events of instance %q, not %q: run as %q until it is drained, or move it aside", cfg.Spool.Dir, ti, p.instance, ti))
+		}
+		p.log.Info("audit: the spool's events of the previous instance are all delivered; starting the new instance's chain", "previous", ti, "instance", p.instance)
+		seq, hash = s.Tail()
 	}
 	switch {
 	case seq >= st.Seq:
@@ -216,7 +224,7 @@ func (p *Pipeline) openSpool(cfg Config, st ChainState) error {
 	default:
 		// The chain went on without the spool (best-effort mode ran
 		// meanwhile). Drop the spool's acknowledged leftovers.
-		ok, err := s.resetIfDrained(st.Seq, st.Hash)
+		ok, err := s.resetIfDrained(st.Seq, st.Hash, p.instance)
 		if err != nil {
 			s.Close()
 			return err

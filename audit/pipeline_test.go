@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -556,5 +557,44 @@ func TestPipelineBestEffortCrashNeverReusesOfferedSeq(t *testing.T) {
 	next := record(t, p2, 31, 31)[0]
 	if next.Seq <= offered {
 		t.Errorf("after the crash the chain goes on at seq %d, but seq %d was offered to the sink", next.Seq, offered)
+	}
+}
+
+// TestNewInstanceAfterTheOldOnesEventsAreDelivered: a proxy given a new
+// audit.instance (after a data_dir restored from a backup) starts its
+// chain once the spool's events of the old instance are all delivered,
+// and is refused while one is not.
+func TestNewInstanceAfterTheOldOnesEventsAreDelivered(t *testing.T) {
+	env := newEnv(t, ModeDurable)
+	sink := &memSink{}
+	p, stop := env.open(t, sink, true)
+	record(t, p, 1, 3)
+	waitFor(t, "3 events delivered", func() bool { return p.Status().Acked == 3 })
+	stop()
+
+	env.cfg.Instance = "test-2"
+	p, stop = env.open(t, sink, true)
+	record(t, p, 1, 2)
+	if st := p.Status(); st.Instance != "test-2" || st.Seq != 2 {
+		t.Errorf("new instance: %+v, want test-2 at seq 2", st)
+	}
+	// Delivered, not taken for the old instance's acknowledged events.
+	waitFor(t, "test-2's events delivered", func() bool {
+		n := 0
+		for _, ev := range sink.decoded(t) {
+			if ev.Instance == "test-2" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	sink.failing.Store(true) // test-2's next events stay in the spool
+	record(t, p, 3, 3)
+	stop()
+
+	env.cfg.Instance = "test-3"
+	_, err := Open(context.Background(), env.cfg, env.dataDir, sink, Options{Registerer: prometheus.NewRegistry()})
+	if err == nil || !strings.Contains(err.Error(), `holds undelivered events of instance "test-2"`) {
+		t.Fatalf("new instance over an undelivered spool: %v, want refused", err)
 	}
 }

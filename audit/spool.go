@@ -451,7 +451,7 @@ func (s *Spool) continueFrom(seq uint64, hash string) {
 // resetIfDrained empties a spool whose every record is acknowledged and
 // makes it continue after seq. It reports false, changing nothing, when
 // unacknowledged records remain.
-func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
+func (s *Spool) resetIfDrained(seq uint64, hash, instance string) (bool, error) {
 	s.mu.Lock()
 	if s.acked < s.appended || s.pendN > 0 || s.committing {
 		s.mu.Unlock()
@@ -475,7 +475,24 @@ func (s *Spool) resetIfDrained(seq uint64, hash string) (bool, error) {
 			return false, fmt.Errorf("audit: spool: %w", err)
 		}
 	}
-	s.continueFrom(seq, hash)
+	// The acknowledgement record goes too: left as it was, it would
+	// count the new chain's first events as acknowledged (a new instance
+	// starts again at seq 1) and have them deleted undelivered.
+	if seq == 0 {
+		if err := s.ackFile.Truncate(0); err != nil {
+			return false, fmt.Errorf("audit: spool: reset ack: %w", err)
+		}
+		if err := s.ackFile.Sync(); err != nil {
+			return false, fmt.Errorf("audit: spool: reset ack: %w", err)
+		}
+	} else if err := s.Ack(seq, hash, instance); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	s.appended, s.durable, s.acked = seq, seq, seq
+	s.appendHash, s.durableHash, s.tailInstance = hash, hash, instance
+	s.rnext, s.rseq = seq+1, seq
+	s.mu.Unlock()
 	return true, nil
 }
 
