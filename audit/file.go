@@ -362,7 +362,7 @@ func (s *FileSink) Status() SinkStatus {
 		return SinkStatus{Detail: "closed"}
 	}
 	if s.err != nil {
-		return SinkStatus{Detail: s.err.Error()}
+		return SinkStatus{Detail: "audit file " + s.path + ": " + s.err.Error()}
 	}
 	return SinkStatus{Live: true}
 }

@@ -428,7 +428,11 @@ func (p *Pipeline) Ready() error {
 		if p.spool == nil {
 			return fmt.Errorf("audit: %w", ErrClosed)
 		}
-		return fmt.Errorf("audit: spool full or failing (%s, %d events waiting): %w", st.Sink.Detail, st.Backlog, ErrUnavailable)
+		sp := p.spool.Stats()
+		if sp.Failed {
+			return fmt.Errorf("audit: spool failing (%s); %d events waiting: %w", sp.Err, st.Backlog, ErrUnavailable)
+		}
+		return fmt.Errorf("audit: spool full (%d of %d bytes); %d events waiting: %w", sp.Bytes, sp.MaxBytes, st.Backlog, ErrUnavailable)
 	}
 	return nil
 }

@@ -149,6 +149,9 @@ type SpoolStats struct {
 	// they wrote. Records/Commits is the group-commit factor.
 	Commits, Records uint64
 	Failed           bool
+	// Err is the write failure while Failed; MaxBytes is audit.spool.max_bytes.
+	Err      string
+	MaxBytes int64
 }
 
 const (
@@ -594,12 +597,16 @@ func (s *Spool) acceptMargin() int64 { return min(64<<10, s.maxBytes/8) }
 func (s *Spool) Stats() SpoolStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return SpoolStats{
+	st := SpoolStats{
 		Appended: s.appended, Durable: s.durable, Acked: s.acked,
 		Bytes: s.bytes, Segments: len(s.segs),
 		Commits: s.commits, Records: s.records,
-		Failed: s.err != nil,
+		Failed: s.err != nil, MaxBytes: s.maxBytes,
 	}
+	if s.err != nil {
+		st.Err = s.err.Error()
+	}
+	return st
 }
 
 // Close commits nothing more (call Flush first): it waits for a running
