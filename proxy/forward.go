@@ -228,6 +228,10 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 		return
 	case errors.Is(context.Cause(r.Context()), errUpstreamTimeout), errors.Is(err, context.DeadlineExceeded):
 		status, kind, reason = http.StatusGatewayTimeout, "timeout", "upstream timed out"
+	case r.Context().Err() != nil && h.cutting.Load():
+		// Shutdown closed the connection at its deadline; nobody reads
+		// the answer.
+		status, kind, reason = http.StatusServiceUnavailable, "canceled", "cut at shutdown: server.shutdown_timeout passed"
 	case r.Context().Err() != nil:
 		// The client went away (nginx's 499); nobody reads the answer.
 		status, kind, reason = 499, "canceled", "client closed the request"
@@ -241,7 +245,7 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exch
 	}
 	h.log.Warn("upstream request failed", "request_id", x.id, "route", x.route.Name, "err", err)
 	h.record(r, x, status, audit.DecisionAllow, reason)
-	if status == 499 {
+	if status == 499 || kind == "canceled" {
 		h.finish(r, x, status, audit.DecisionAllow)
 		return
 	}

@@ -111,6 +111,9 @@ type Handler struct {
 	// active counts requests in ServeHTTP or ServePlain, so that shutdown
 	// can wait until each has recorded its audit event (see Settle).
 	active atomic.Int64
+	// cutting is set when shutdown closes connections still open at its
+	// deadline: their requests end because of the proxy, not the client.
+	cutting atomic.Bool
 	// transports are the routes' own transports (a private CA, h2c) by
 	// what makes them differ, kept across reloads with their connection
 	// pools; swapMu serializes Swap.

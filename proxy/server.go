@@ -176,6 +176,9 @@ func (s *Server) Run(ctx context.Context) error {
 			if err == nil {
 				return nil
 			}
+			if s.Handler != nil {
+				s.Handler.cutting.Store(true)
+			}
 			srv.Close()
 			if errors.Is(err, context.DeadlineExceeded) {
 				// Streams (SSE, long downloads) that outlive the drain

@@ -235,6 +235,10 @@ func TestShutdownDrainDeadlineStillAuditsCutRequest(t *testing.T) {
 	if !strings.Contains(string(b), `"path":"/hang"`) {
 		t.Errorf("no audit event for the request the drain deadline cut:\n%s\nlogs:\n%s", b, s.Logs.String())
 	}
+	// Recorded as the proxy's doing, not the client's.
+	if !strings.Contains(string(b), `"reason":"cut at shutdown: server.shutdown_timeout passed"`) {
+		t.Errorf("the cut request's event does not say shutdown cut it:\n%s", b)
+	}
 	if strings.Contains(s.Logs.String(), "event dropped") {
 		t.Errorf("an audit event was dropped at shutdown:\n%s", s.Logs.String())
 	}
