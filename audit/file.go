@@ -103,10 +103,29 @@ func (s *FileSink) open() error {
 		return fmt.Errorf("audit: file sink: %w", err)
 	}
 	if cut := fi.Size() - size; cut > 0 {
-		s.log.Warn("audit: cutting off a torn last line (the spool delivers it again)", "bytes", cut)
-		if err := f.Truncate(size); err != nil {
-			f.Close()
-			return fmt.Errorf("audit: file sink: %w", err)
+		var tailBytes []byte
+		var ev Event
+		if cut <= maxFrameBody {
+			tailBytes = make([]byte, cut)
+			if _, err := f.ReadAt(tailBytes, size); err != nil {
+				tailBytes = nil
+			}
+		}
+		if tailBytes != nil && decodeEvent(tailBytes, &ev) == nil {
+			// A whole event that only lacks its newline (cut by hand,
+			// or a crash between the two): end the line, keep the event.
+			s.log.Warn("audit: the last line is a whole event without its newline; ending the line", "seq", ev.Seq)
+			if _, err := f.WriteAt([]byte{'\n'}, fi.Size()); err != nil {
+				f.Close()
+				return fmt.Errorf("audit: file sink: %w", err)
+			}
+			size, last = fi.Size()+1, tailBytes
+		} else {
+			s.log.Warn("audit: cutting off a torn last line (the spool delivers it again)", "bytes", cut)
+			if err := f.Truncate(size); err != nil {
+				f.Close()
+				return fmt.Errorf("audit: file sink: %w", err)
+			}
 		}
 	}
 	if _, err := f.Seek(size, io.SeekStart); err != nil {
@@ -491,6 +510,9 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 		}
 		more, err := t.drain(ctx, deliver)
 		t.close()
+		if err == nil && more {
+			more, err = s.incomplete(t)
+		}
 		if err != nil || !more {
 			return err
 		}
@@ -516,6 +538,9 @@ func (s *FileSource) read(ctx context.Context, f Filter, fn func(*Event) (bool, 
 	}
 	for {
 		more, err := t.drain(ctx, deliver)
+		if err == nil && more && !follow {
+			_, err = s.incomplete(t)
+		}
 		if err != nil || !more || !follow {
 			return err
 		}
@@ -595,6 +620,23 @@ func (s *FileSource) readRotatedBetween(ctx context.Context, done, next os.FileI
 			return false, err
 		}
 	}
+	return true, nil
+}
+
+// incomplete reports a file's last line that has no newline (a write in
+// progress, a line torn by a crash, or a cut): it is no event, and a
+// verification that ignored it would pass a trail whose end was damaged.
+// Follow leaves the live file's to its writer.
+func (s *FileSource) incomplete(t *tail) (bool, error) {
+	if len(bytes.TrimSpace(t.carry)) == 0 {
+		return true, nil
+	}
+	err := fmt.Errorf("incomplete last line (%d bytes without a newline): a write in progress, or torn by a crash (the proxy cuts it and writes the event again when it starts)", len(t.carry))
+	where := t.path + ":" + strconv.Itoa(t.line+1)
+	if s.foreign == nil {
+		return false, fmt.Errorf("audit: file source: %s: %w", where, err)
+	}
+	s.foreign(where, err)
 	return true, nil
 }
 

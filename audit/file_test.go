@@ -419,3 +419,31 @@ func TestFileSinkIsOneProcesssFile(t *testing.T) {
 		t.Fatalf("second sink on one file: %v, want refused", err)
 	}
 }
+
+// TestFileSinkKeepsAWholeLastEventWithoutNewline: a last line that is a
+// whole event and only lacks its newline is ended, not cut off (cutting
+// would delete an event the spool may no longer hold).
+func TestFileSinkKeepsAWholeLastEventWithoutNewline(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	cfg := FileConfig{Path: path, MaxBytes: 1 << 20, MaxFiles: 2}
+	evs := encodedChain(t, "a", 6)
+	s, err := NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishEncoded(context.Background(), evs[:4]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	b, _ := os.ReadFile(path)
+	os.WriteFile(path, b[:len(b)-1], 0o600)
+	s, err = NewFileSink(cfg, FileSinkOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishEncoded(context.Background(), evs[4:]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	verifyAll(t, readSource(t, NewFileSource(path, FileSourceOptions{}), Filter{}), 6)
+}

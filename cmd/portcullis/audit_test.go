@@ -600,4 +600,18 @@ func TestAuditForeignRecordsAreSkippedAndNamed(t *testing.T) {
 	if code != exitFail || !strings.Contains(errOut, "audit.jsonl:4:") || !strings.Contains(errOut, "not audit events") {
 		t.Errorf("verify over foreign lines: exit %d %q, want 1 naming line 4", code, errOut)
 	}
+	// A last line without its newline (cut, torn or appended to) is named
+	// too, not passed over.
+	for name, content := range map[string]string{
+		"newline removed":  strings.TrimSuffix(string(b), "\n"),
+		"garbage appended": string(b) + `{"schema":1,"id":"x`,
+	} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, _, errOut = runAuditT(t, "verify", "--file", path)
+		if code != exitFail || !strings.Contains(errOut, "incomplete last line") {
+			t.Errorf("verify, %s: exit %d %q, want 1 naming the incomplete last line", name, code, errOut)
+		}
+	}
 }
