@@ -174,49 +174,35 @@ func TestUploadsOutlastTheRouteTimeout(t *testing.T) {
 }
 
 // TestDownloadsOutlastTheWriteTimeout: write_timeout bounds each write,
-// not a whole download with a Content-Length.
+// not a whole download with a Content-Length, nor an upstream's pause
+// between two parts of a response (an HTTP/2 stream's deadline runs
+// between writes).
 func TestDownloadsOutlastTheWriteTimeout(t *testing.T) {
 	up := forwardingUpstream(t)
 	ps, _, _, _ := newTestProxyWith(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}},
 		func(c *ServerConfig) { c.WriteTimeout = 300 * time.Millisecond })
-	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
-		t.Run(name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, ps.URL+"/slow-download", nil)
-			req.Host = "app.test"
-			resp, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n, err := io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil || n != 20*32<<10 {
-				t.Errorf("600 ms download with a 300 ms write_timeout: %d bytes, %v; want %d", n, err, 20*32<<10)
-			}
-		})
-	}
-}
-
-// TestPausesBetweenWritesAreNotTheClients: an upstream that pauses longer
-// than write_timeout between two parts of a response is not a client
-// that stopped reading (an HTTP/2 stream's deadline runs between writes).
-func TestPausesBetweenWritesAreNotTheClients(t *testing.T) {
-	up := forwardingUpstream(t)
-	ps, _, _, _ := newTestProxyWith(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}},
-		func(c *ServerConfig) { c.WriteTimeout = 300 * time.Millisecond })
-	for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
-		t.Run(name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, ps.URL+"/pause-download", nil)
-			req.Host = "app.test"
-			resp, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n, err := io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil || n != 2048 {
-				t.Errorf("900 ms upstream pause with a 300 ms write_timeout: %d bytes, %v; want 2048", n, err)
-			}
-		})
+	for _, tc := range []struct {
+		path, what string
+		want       int64
+	}{
+		{"/slow-download", "600 ms download", 20 * 32 << 10},
+		{"/pause-download", "900 ms upstream pause", 2048},
+	} {
+		for name, c := range map[string]*http.Client{"HTTP/1.1": h1Client(ps), "HTTP/2": h2Client(ps)} {
+			t.Run(tc.path+" "+name, func(t *testing.T) {
+				req, _ := http.NewRequest(http.MethodGet, ps.URL+tc.path, nil)
+				req.Host = "app.test"
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n, err := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err != nil || n != tc.want {
+					t.Errorf("%s with a 300 ms write_timeout: %d bytes, %v; want %d", tc.what, n, err, tc.want)
+				}
+			})
+		}
 	}
 }
 
