@@ -446,3 +446,30 @@ func TestH2CUpstream(t *testing.T) {
 		t.Errorf("h2c upstream: %d %q trailer %v, want 200 HTTP/2 with Grpc-Status 0", resp.StatusCode, body, resp.Trailer)
 	}
 }
+
+// TestRequestTrailersOverHTTP2: over HTTP/2 too, declared trailers a
+// header could carry go on, identity ones never.
+func TestRequestTrailersOverHTTP2(t *testing.T) {
+	up := forwardingUpstream(t)
+	ps, _, _, _ := newTestProxy(t, []Route{{Name: "app", Host: "app.test", Path: "/", Upstream: up.URL, Public: true}})
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, ps.URL+"/trailer", pr)
+	req.Host = "app.test"
+	req.Trailer = http.Header{"X-Sum": nil, "X-Portcullis-User": nil, "X-Auth-Request-User": nil}
+	go func() {
+		io.WriteString(pw, "hello")
+		req.Trailer.Set("X-Sum", "abc")
+		req.Trailer.Set("X-Portcullis-User", "root")
+		req.Trailer.Set("X-Auth-Request-User", "root")
+		pw.Close()
+	}()
+	resp, err := h2Client(ps).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "X-Sum=abc" {
+		t.Errorf("upstream saw trailers %q, want only X-Sum=abc", body)
+	}
+}
